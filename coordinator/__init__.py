@@ -1,0 +1,1 @@
+"""The server: enrolment, rounds, secure aggregation, registry, persistence (later issues)."""

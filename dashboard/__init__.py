@@ -1,0 +1,1 @@
+"""Streamlit dashboard over the coordinator's data (later issues)."""

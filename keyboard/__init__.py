@@ -1,0 +1,1 @@
+"""The device: encrypted local store, LiteRT runtime, secure-aggregation client (later issues)."""

@@ -1,0 +1,80 @@
+"""Typed configuration: frozen dataclasses with named presets (`tiny()` for tests, `default()`)."""
+
+from dataclasses import dataclass, replace
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "replace"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which text each role gets, and how much of it."""
+
+    # Users hash (sha256 of the sender id, mod 100) into [0, public_pct) public,
+    # [public_pct, 100 - heldout_pct) federated and the rest held-out.
+    public_pct: int = 15
+    heldout_pct: int = 15
+    # Cap per user (first messages chronologically) so the top senders (top 10 write 42% of
+    # words) do not dominate training or evaluation.
+    max_messages_per_user: int = 400
+    # Conversations with fewer turns are dropped (mostly one sender's lone greeting).
+    min_turns: int = 2
+    # Vocabulary: this many public (wordfreq) words plus <pad>, <unk>, <bos>, <eos>.
+    vocab_size: int = 10_000
+    # Shakespeare is evaluation only; cap speeches per speaker to keep evaluation quick.
+    shakespeare_max_per_speaker: int = 20
+    # Keep only users whose hash bucket is below this (1.0 = all); tests use a small slice.
+    user_fraction: float = 1.0
+
+    @staticmethod
+    def default() -> "DataConfig":
+        return DataConfig()
+
+    @staticmethod
+    def tiny() -> "DataConfig":
+        return DataConfig(
+            max_messages_per_user=40, user_fraction=0.1, shakespeare_max_per_speaker=2
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The split LM: a CIFG-LSTM with a recurrent projection (Gboard 2018) and a small head."""
+
+    vocab_size: int = 10_004  # words + 4 specials
+    embed_dim: int = 96  # tied input/output embedding width
+    hidden_dim: int = 670  # LSTM cell units
+    proj_dim: int = 96  # recurrent projection (LSTMP); the state fed back and to the head
+    cifg: bool = True  # coupled input-forget gate: 3 gates instead of 4 (25% fewer weights)
+    lora_rank: int = 0  # rank of LoRA adapters on the LSTM kernels (device part); 0 = none
+    dropout: float = 0.2  # on embeddings and LSTM outputs, training only
+
+    @staticmethod
+    def default() -> "ModelConfig":
+        return ModelConfig()
+
+    @staticmethod
+    def tiny() -> "ModelConfig":
+        return ModelConfig(vocab_size=10_004, embed_dim=16, hidden_dim=32, proj_dim=16, lora_rank=2)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One centralised training run (pretraining or fine-tuning)."""
+
+    seq_len: int = 32  # tokens per packed row; messages are packed, state resets at <bos>
+    batch_size: int = 64  # rows per step
+    epochs: float = 8.0  # passes over the training text
+    peak_lr: float = 5e-3  # AdamW peak learning rate (warmup then cosine decay to 1%)
+    warmup_frac: float = 0.05  # share of steps spent warming up
+    weight_decay: float = 1e-5
+    clip_norm: float = 1.0  # global gradient-norm clip
+    seed: int = 0  # PRNG seed for initialisation, shuffling and dropout
+    eval_every: int = 500  # steps between validation evaluations (0 = only at the end)
+
+    @staticmethod
+    def default() -> "TrainConfig":
+        return TrainConfig()
+
+    @staticmethod
+    def tiny() -> "TrainConfig":
+        return TrainConfig(seq_len=16, batch_size=8, epochs=1.0, peak_lr=1e-2, eval_every=0)

@@ -1,0 +1,131 @@
+"""The split language model: a CIFG-LSTM with recurrent projection and a small output head.
+
+Anchor: Hard et al. 2018, "Federated Learning for Mobile Keyboard Prediction" (Gboard): one
+CIFG-LSTM layer (Greff et al. 2017) with a projection (Sak et al. 2014) and input/output
+embeddings tied (Press & Wolf 2017). Parameter groups:
+
+- base (frozen on devices, trained centrally on public text): `embedding`, `lstm`;
+- device part (trained on phones, aggregated): `head` and any `lora_*` adapters (Hu et al.
+  2021) on the LSTM kernels.
+
+Written with the LiteRT export in mind (shared/notes/litert.md): the recurrence is a
+`lax.scan` that can be fully unrolled, embedding lookups can be one-hot matmuls, and the state
+resets on `<bos>`/`<pad>` so a left-padded context equals a fresh message.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.config import ModelConfig
+from model.types import Array
+from model.vocab import BOS, PAD
+
+__all__ = ["SplitLM", "init_params"]
+
+
+class SplitLM(nn.Module):
+    """tokens_BxT -> logits_BxTxV. Call with `deterministic=False` and a 'dropout' rng to train."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        c = self.config
+        gates = 3 if c.cifg else 4
+        g = gates * c.hidden_dim
+        self.embedding = self.param(
+            "embedding", nn.initializers.normal(c.embed_dim**-0.5), (c.vocab_size, c.embed_dim)
+        )
+        self.lstm = {
+            "wx": self.param("lstm_wx", nn.initializers.lecun_normal(), (c.embed_dim, g)),
+            "wh": self.param("lstm_wh", nn.initializers.orthogonal(), (c.proj_dim, g)),
+            "b": self.param("lstm_b", _gate_bias(c), (g,)),
+            "wp": self.param("lstm_wp", nn.initializers.lecun_normal(), (c.hidden_dim, c.proj_dim)),
+        }
+        if c.lora_rank:
+            # B starts at zero so the adapted model equals the base at initialisation.
+            r = c.lora_rank
+            self.lora = {
+                "xa": self.param("lora_xa", nn.initializers.normal(r**-0.5), (c.embed_dim, r)),
+                "xb": self.param("lora_xb", nn.initializers.zeros, (r, g)),
+                "ha": self.param("lora_ha", nn.initializers.normal(r**-0.5), (c.proj_dim, r)),
+                "hb": self.param("lora_hb", nn.initializers.zeros, (r, g)),
+            }
+        self.head_kernel = self.param(
+            "head_kernel", nn.initializers.lecun_normal(), (c.proj_dim, c.embed_dim)
+        )
+        self.head_bias = self.param("head_bias", nn.initializers.zeros, (c.embed_dim,))
+        self.out_bias = self.param("head_out_bias", nn.initializers.zeros, (c.vocab_size,))
+        self.drop = nn.Dropout(c.dropout)
+
+    def embed(self, tokens_BxT: Array, onehot: bool) -> Array:
+        if onehot:  # exports as EMBEDDING_LOOKUP, which the int8 quantiser shrinks
+            return jax.nn.one_hot(tokens_BxT, self.config.vocab_size) @ self.embedding
+        return jnp.take(self.embedding, tokens_BxT, axis=0)
+
+    def features(
+        self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1
+    ) -> Array:
+        """Projected LSTM outputs h_BxTxP (before the head)."""
+        c = self.config
+        x_BxTxE = self.drop(self.embed(tokens_BxT, onehot), deterministic=deterministic)
+        wx, wh = self.lstm["wx"], self.lstm["wh"]
+        if c.lora_rank:
+            wx = wx + self.lora["xa"] @ self.lora["xb"]
+            wh = wh + self.lora["ha"] @ self.lora["hb"]
+        # Input contributions for all steps at once; only the recurrent part is sequential.
+        xg_BxTxG = x_BxTxE @ wx + self.lstm["b"]
+        keep_BxT = ((tokens_BxT != BOS) & (tokens_BxT != PAD)).astype(x_BxTxE.dtype)
+        B = tokens_BxT.shape[0]
+        carry = (jnp.zeros((B, c.hidden_dim)), jnp.zeros((B, c.proj_dim)))
+        wp = self.lstm["wp"]
+
+        def step(carry, inp):
+            cell_BxH, h_BxP = carry
+            xg_BxG, keep_B = inp
+            cell_BxH = cell_BxH * keep_B[:, None]
+            h_BxP = h_BxP * keep_B[:, None]
+            z = xg_BxG + h_BxP @ wh
+            if c.cifg:
+                f, o, g = jnp.split(z, 3, axis=-1)
+                f = jax.nn.sigmoid(f)
+                i = 1.0 - f
+            else:
+                i, f, o, g = jnp.split(z, 4, axis=-1)
+                i, f = jax.nn.sigmoid(i), jax.nn.sigmoid(f)
+            cell_BxH = f * cell_BxH + i * jnp.tanh(g)
+            h_BxP = (jax.nn.sigmoid(o) * jnp.tanh(cell_BxH)) @ wp
+            return (cell_BxH, h_BxP), h_BxP
+
+        xs = (jnp.swapaxes(xg_BxTxG, 0, 1), jnp.swapaxes(keep_BxT, 0, 1))
+        _, h_TxBxP = jax.lax.scan(step, carry, xs, unroll=unroll)
+        return self.drop(jnp.swapaxes(h_TxBxP, 0, 1), deterministic=deterministic)
+
+    def head(self, h_BxTxP: Array) -> Array:
+        z_BxTxE = h_BxTxP @ self.head_kernel + self.head_bias
+        return z_BxTxE @ self.embedding.T + self.out_bias
+
+    def __call__(
+        self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1
+    ) -> Array:
+        return self.head(self.features(tokens_BxT, deterministic, onehot, unroll))
+
+
+def _gate_bias(c: ModelConfig):
+    # Forget-gate bias 1 (Jozefowicz et al. 2015) so early gradients flow through time.
+    def init(key, shape, dtype=jnp.float32):
+        b = jnp.zeros(shape, dtype)
+        return (
+            b.at[: c.hidden_dim].set(1.0)
+            if c.cifg
+            else b.at[c.hidden_dim : 2 * c.hidden_dim].set(1.0)
+        )
+
+    return init
+
+
+def init_params(config: ModelConfig, key: Array) -> dict:
+    """A fresh full parameter tree (flat dict of named arrays)."""
+    model = SplitLM(config)
+    variables = model.init(key, jnp.zeros((1, 2), jnp.int32))
+    return dict(variables["params"])

@@ -1,0 +1,1 @@
+"""Sotto's command-line entry point."""
