@@ -8,6 +8,7 @@
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import jax
 
@@ -15,18 +16,73 @@ from model import checkpoint, network, partition, train
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.corpus import build_corpus
 
-__all__ = ["pretrain", "centralize", "pretrain_config", "centralize_config"]
+__all__ = [
+    "Preset",
+    "SUMMARY_KEYS",
+    "data_config",
+    "model_config",
+    "pretrain_config",
+    "centralize_config",
+    "has_checkpoint",
+    "data_report",
+    "pretrain",
+    "centralize",
+]
 
 log = logging.getLogger(__name__)
 
+Preset = Literal["default", "tiny"]
+# The fields of a run's metadata worth printing at the end of a command.
+SUMMARY_KEYS = (
+    "kind",
+    "seconds",
+    "steps",
+    "best_step",
+    "params_total",
+    "params_base",
+    "params_device",
+    "valid",
+)
 
-def pretrain_config() -> TrainConfig:
-    """Public text is small (~120k words): more epochs, stronger decay of the rate."""
-    return TrainConfig(epochs=20.0, peak_lr=5e-3, eval_every=400, seed=0)
+
+def data_config(preset: Preset) -> DataConfig:
+    return DataConfig.tiny() if preset == "tiny" else DataConfig.default()
 
 
-def centralize_config() -> TrainConfig:
-    return TrainConfig(epochs=8.0, peak_lr=3e-3, eval_every=1000, seed=1)
+def model_config(preset: Preset) -> ModelConfig:
+    return ModelConfig.tiny() if preset == "tiny" else ModelConfig.default()
+
+
+def pretrain_config(preset: Preset = "default") -> TrainConfig:
+    """Public text is small (~117k words): many epochs; early stopping on public validation."""
+    if preset == "tiny":
+        return TrainConfig.tiny()
+    return TrainConfig(epochs=20.0, peak_lr=5e-3, eval_every=200, seed=0)
+
+
+def centralize_config(preset: Preset = "default") -> TrainConfig:
+    if preset == "tiny":
+        return TrainConfig.tiny()
+    return TrainConfig(epochs=8.0, peak_lr=5e-3, eval_every=500, seed=1)
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / "model.json").exists() and (Path(directory) / "params.npz").exists()
+
+
+def data_report(cfg: DataConfig) -> dict:
+    """Users, words and OOV rate (share of words mapped to `<unk>`) of every role."""
+    corpus = build_corpus(cfg)
+    words, oov = corpus.words(), corpus.oov()
+    return {
+        role: {"users": len(corpus.users[role]), "words": words[role], "oov_rate": oov[role]}
+        for role in corpus.tokens
+    }
+
+
+def _best_valid(res: train.FitResult) -> dict | None:
+    """Validation metrics at the step whose parameters were kept."""
+    return next((h for h in res.history if h["step"] == res.best_step), None)
 
 
 def pretrain(
@@ -59,6 +115,7 @@ def pretrain(
         "steps": res.steps,
         "best_step": res.best_step,
         "history": res.history,
+        "valid": _best_valid(res),
         "params_total": partition.count(res.params),
         "params_base": partition.count(base),
         "params_device": partition.count(device),
@@ -91,11 +148,12 @@ def centralize(
     )
     meta = {
         "kind": "centralised upper bound (full model fine-tuned on federated text)",
-        "trained_on": "public_train (pretraining) + federated",
+        "trained_on": "public_train (pretraining), then public_train + federated",
         "seconds": res.seconds,
         "steps": res.steps,
         "best_step": res.best_step,
         "history": res.history,
+        "valid": _best_valid(res),
         "train_config": train_cfg.__dict__,
         "data_config": data_cfg.__dict__,
     }

@@ -102,7 +102,7 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         new = TrainState(state.step + 1, trainable, state.frozen, opt_state)
-        return new, {"loss": loss, "tokens": n, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "tokens": n, "grad_norm": optax.tree.norm(grads)}
 
     def train_step(state: TrainState, batch: batching.Batch, rng: PRNGKey):
         return step(state, jnp.asarray(batch.inputs), jnp.asarray(batch.targets), rng)

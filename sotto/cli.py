@@ -1,0 +1,111 @@
+"""`sotto` command line: parses arguments and calls library code, nothing else."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from model import paths
+
+__all__ = ["main"]
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from model import pipeline
+
+    meta = pipeline.pretrain(
+        Path(args.out),
+        pipeline.data_config(args.preset),
+        pipeline.model_config(args.preset),
+        pipeline.pretrain_config(args.preset),
+    )
+    print(json.dumps({k: meta[k] for k in pipeline.SUMMARY_KEYS if k in meta}, indent=2))
+
+
+def _centralize(args: argparse.Namespace) -> None:
+    from model import pipeline
+
+    meta = pipeline.centralize(
+        Path(args.base),
+        Path(args.out),
+        pipeline.data_config(args.preset),
+        pipeline.centralize_config(args.preset),
+    )
+    print(json.dumps({k: meta[k] for k in pipeline.SUMMARY_KEYS if k in meta}, indent=2))
+
+
+def _data(args: argparse.Namespace) -> None:
+    from model import pipeline
+
+    print(json.dumps(pipeline.data_report(pipeline.data_config(args.preset)), indent=2))
+
+
+def _prompt(args: argparse.Namespace) -> None:
+    from model import prompt
+
+    prompt.run(Path(args.model), sys.stdin, sys.stdout)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from model import pipeline, prompt
+
+    base = Path(args.base)
+    if not pipeline.has_checkpoint(base):
+        print(f"No pretrained base in {base}: pretraining on public users first (a few minutes).")
+        pipeline.pretrain(
+            base,
+            pipeline.data_config("default"),
+            pipeline.model_config("default"),
+            pipeline.pretrain_config("default"),
+        )
+    prompt.run(base, sys.stdin, sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sotto", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    presets = ["default", "tiny"]
+
+    s = sub.add_parser("pretrain", help="train the base model on public users only")
+    s.add_argument("--out", default=str(paths.BASE_DIR), help="checkpoint directory")
+    s.add_argument("--preset", choices=presets, default="default")
+    s.set_defaults(func=_pretrain)
+
+    s = sub.add_parser(
+        "centralize", help="fine-tune the whole base on federated users' text (upper bound)"
+    )
+    s.add_argument("--base", default=str(paths.BASE_DIR))
+    s.add_argument("--out", default=str(paths.CENTRALIZED_DIR))
+    s.add_argument("--preset", choices=presets, default="default")
+    s.set_defaults(func=_centralize)
+
+    s = sub.add_parser("data", help="users, words and OOV rate of every split")
+    s.add_argument("--preset", choices=presets, default="default")
+    s.set_defaults(func=_data)
+
+    s = sub.add_parser("prompt", help="interactive next-word prompt on a checkpoint")
+    s.add_argument("--model", default=str(paths.BASE_DIR))
+    s.set_defaults(func=_prompt)
+
+    s = sub.add_parser("demo", help="the main job: pretrain if needed, then the prompt")
+    s.add_argument("--base", default=str(paths.BASE_DIR))
+    s.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("jax").setLevel(logging.WARNING)  # "no TPU backend" is not news on a laptop
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"sotto {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
