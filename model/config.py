@@ -2,7 +2,19 @@
 
 from dataclasses import dataclass, replace
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "replace"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "DevicePart", "GROUPS", "replace"]
+
+# Parameter groups a device part is made of (name -> parameter names). Adapters ("lora",
+# "embed_update") exist only when their rank is non-zero; the others are base tensors that an
+# FTTE-style subset may hand to devices.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "head": ("head_kernel", "head_bias", "head_out_bias"),
+    "lora": ("lora_xa", "lora_xb", "lora_ha", "lora_hb"),
+    "embed_update": ("emb_a", "emb_b"),
+    "lstm_bias": ("lstm_b",),
+    "lstm_proj": ("lstm_wp",),
+}
+ADAPTER_GROUPS = ("lora", "embed_update")
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,32 @@ class ModelConfig:
     proj_dim: int = 96  # recurrent projection (LSTMP); the state fed back and to the head
     cifg: bool = True  # coupled input-forget gate: 3 gates instead of 4 (25% fewer weights)
     lora_rank: int = 0  # rank of LoRA adapters on the LSTM kernels (device part); 0 = none
+    embed_rank: int = 0  # rank of a low-rank update of the tied embedding; 0 = none
+    # Parameter groups (keys of GROUPS) that devices train; everything else is the frozen base.
+    device_groups: tuple[str, ...] = ("head",)
     dropout: float = 0.2  # on embeddings and LSTM outputs, training only
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device_groups", tuple(self.device_groups))  # from JSON lists
+        unknown = [g for g in self.device_groups if g not in GROUPS]
+        if unknown:
+            raise ValueError(f"unknown device groups {unknown}; known: {sorted(GROUPS)}")
+        if "lora" in self.device_groups and not self.lora_rank:
+            raise ValueError("device group 'lora' needs lora_rank > 0")
+        if "embed_update" in self.device_groups and not self.embed_rank:
+            raise ValueError("device group 'embed_update' needs embed_rank > 0")
+
+    def without_adapters(self) -> "ModelConfig":
+        """The architecture the base is pretrained with: no adapters, head as device part."""
+        return replace(self, lora_rank=0, embed_rank=0, device_groups=("head",))
+
+    def with_device_part(self, part: "DevicePart") -> "ModelConfig":
+        return replace(
+            self,
+            lora_rank=part.lora_rank,
+            embed_rank=part.embed_rank,
+            device_groups=part.groups,
+        )
 
     @staticmethod
     def default() -> "ModelConfig":
@@ -54,7 +91,15 @@ class ModelConfig:
 
     @staticmethod
     def tiny() -> "ModelConfig":
-        return ModelConfig(vocab_size=10_004, embed_dim=16, hidden_dim=32, proj_dim=16, lora_rank=2)
+        return ModelConfig(
+            vocab_size=10_004,
+            embed_dim=16,
+            hidden_dim=32,
+            proj_dim=16,
+            lora_rank=2,
+            embed_rank=2,
+            device_groups=("head", "lora", "embed_update"),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,3 +123,39 @@ class TrainConfig:
     @staticmethod
     def tiny() -> "TrainConfig":
         return TrainConfig(seq_len=16, batch_size=8, epochs=1.0, peak_lr=1e-2, eval_every=0)
+
+
+@dataclass(frozen=True)
+class DevicePart:
+    """Which part of the model phones train, and how (a variant of bench/device_part)."""
+
+    name: str
+    groups: tuple[str, ...]  # keys of GROUPS
+    lora_rank: int = 0  # LoRA rank on the LSTM input and recurrent kernels (Hu et al. 2021)
+    embed_rank: int = 0  # rank of the tied-embedding update
+    peak_lr: float = 1e-2  # Adam peak learning rate, tuned per variant by bench/device_part
+
+    @staticmethod
+    def head() -> "DevicePart":
+        return DevicePart("head", ("head",))
+
+    @staticmethod
+    def head_lora(rank: int = 16) -> "DevicePart":
+        return DevicePart(f"head+lora{rank}", ("head", "lora"), lora_rank=rank)
+
+    @staticmethod
+    def head_embed(rank: int = 16) -> "DevicePart":
+        return DevicePart(f"head+emb{rank}", ("head", "embed_update"), embed_rank=rank)
+
+    @staticmethod
+    def head_lora_embed(lora_rank: int = 8, embed_rank: int = 8) -> "DevicePart":
+        return DevicePart(
+            f"head+lora{lora_rank}+emb{embed_rank}",
+            ("head", "lora", "embed_update"),
+            lora_rank=lora_rank,
+            embed_rank=embed_rank,
+        )
+
+    @staticmethod
+    def default() -> "DevicePart":
+        return DevicePart.head_lora_embed()

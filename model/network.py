@@ -5,8 +5,10 @@ CIFG-LSTM layer (Greff et al. 2017) with a projection (Sak et al. 2014) and inpu
 embeddings tied (Press & Wolf 2017). Parameter groups:
 
 - base (frozen on devices, trained centrally on public text): `embedding`, `lstm`;
-- device part (trained on phones, aggregated): `head` and any `lora_*` adapters (Hu et al.
-  2021) on the LSTM kernels.
+- device part (trained on phones, aggregated): the groups named by `config.device_groups`
+  (`model.config.GROUPS`): the `head`, LoRA adapters (Hu et al. 2021) on the LSTM kernels,
+  and a low-rank update `emb_a @ emb_b` of the tied embedding. Adapters start as a zero
+  update, so an untrained device part reproduces the base exactly.
 
 Written with the LiteRT export in mind (shared/notes/litert.md): the recurrence is a
 `lax.scan` that can be fully unrolled, embedding lookups can be one-hot matmuls, and the state
@@ -21,7 +23,7 @@ from model.config import ModelConfig
 from model.types import Array
 from model.vocab import BOS, PAD
 
-__all__ = ["SplitLM", "init_params"]
+__all__ = ["SplitLM", "init_params", "attach_device_part"]
 
 
 class SplitLM(nn.Module):
@@ -51,6 +53,12 @@ class SplitLM(nn.Module):
                 "ha": self.param("lora_ha", nn.initializers.normal(r**-0.5), (c.proj_dim, r)),
                 "hb": self.param("lora_hb", nn.initializers.zeros, (r, g)),
             }
+        if c.embed_rank:
+            # A low-rank update of the tied embedding (input lookup and output projection).
+            self.emb_a = self.param("emb_a", nn.initializers.zeros, (c.vocab_size, c.embed_rank))
+            self.emb_b = self.param(
+                "emb_b", nn.initializers.normal(c.embed_rank**-0.5), (c.embed_rank, c.embed_dim)
+            )
         self.head_kernel = self.param(
             "head_kernel", nn.initializers.lecun_normal(), (c.proj_dim, c.embed_dim)
         )
@@ -58,10 +66,16 @@ class SplitLM(nn.Module):
         self.out_bias = self.param("head_out_bias", nn.initializers.zeros, (c.vocab_size,))
         self.drop = nn.Dropout(c.dropout)
 
+    def embedding_VxE(self) -> Array:
+        """The tied embedding with its device-part update, if any."""
+        if self.config.embed_rank:
+            return self.embedding + self.emb_a @ self.emb_b
+        return self.embedding
+
     def embed(self, tokens_BxT: Array, onehot: bool) -> Array:
         if onehot:  # exports as EMBEDDING_LOOKUP, which the int8 quantiser shrinks
-            return jax.nn.one_hot(tokens_BxT, self.config.vocab_size) @ self.embedding
-        return jnp.take(self.embedding, tokens_BxT, axis=0)
+            return jax.nn.one_hot(tokens_BxT, self.config.vocab_size) @ self.embedding_VxE()
+        return jnp.take(self.embedding_VxE(), tokens_BxT, axis=0)
 
     def features(
         self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1
@@ -103,7 +117,7 @@ class SplitLM(nn.Module):
 
     def head(self, h_BxTxP: Array) -> Array:
         z_BxTxE = h_BxTxP @ self.head_kernel + self.head_bias
-        return z_BxTxE @ self.embedding.T + self.out_bias
+        return z_BxTxE @ self.embedding_VxE().T + self.out_bias
 
     def __call__(
         self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1
@@ -129,3 +143,16 @@ def init_params(config: ModelConfig, key: Array) -> dict:
     model = SplitLM(config)
     variables = model.init(key, jnp.zeros((1, 2), jnp.int32))
     return dict(variables["params"])
+
+
+def attach_device_part(params: dict, config: ModelConfig, key: Array) -> dict:
+    """`params` (of `config.without_adapters()` or a sibling) plus fresh zero-update adapters.
+
+    Parameters the new config has but `params` lacks are initialised (adapters: a zero update);
+    parameters it no longer has are dropped; the rest are kept as they are.
+    """
+    fresh = init_params(config, key)
+    extra = [k for k in fresh if k not in params and not k.startswith(("lora_", "emb_"))]
+    if extra:
+        raise ValueError(f"parameters {extra} are missing and are not adapters")
+    return {k: params.get(k, v) for k, v in fresh.items()}

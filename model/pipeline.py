@@ -57,7 +57,7 @@ def pretrain_config(preset: Preset = "default") -> TrainConfig:
     """Public text is small (~117k words): many epochs; early stopping on public validation."""
     if preset == "tiny":
         return TrainConfig.tiny()
-    return TrainConfig(epochs=20.0, peak_lr=5e-3, eval_every=200, seed=0)
+    return TrainConfig(epochs=6.0, peak_lr=5e-3, eval_every=100, seed=0)
 
 
 def centralize_config(preset: Preset = "default") -> TrainConfig:
@@ -94,6 +94,8 @@ def pretrain(
     dtype: str = "float16",
 ) -> dict:
     corpus = build_corpus(data_cfg, with_shakespeare=False)
+    # The base is pretrained without adapters; devices attach them later as a zero update.
+    model_cfg = model_cfg.without_adapters()
     key_init, key_fit = jax.random.split(jax.random.key(train_cfg.seed))
     params = network.init_params(model_cfg, key_init)
     res = train.fit(
@@ -107,7 +109,7 @@ def pretrain(
         "pretrain",
         progress,
     )
-    base, device = partition.split(res.params)
+    base, device = partition.split(res.params, model_cfg)
     meta = {
         "kind": "pretrained base",
         "trained_on": "public_train",

@@ -59,11 +59,16 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     )
 
 
-def init_state(params: Params, optimizer: optax.GradientTransformation, trainable: Trainable):
+def init_state(
+    params: Params,
+    optimizer: optax.GradientTransformation,
+    trainable: Trainable,
+    config: ModelConfig,
+) -> TrainState:
     if trainable == "full":
         train, frozen = dict(params), {}
     else:
-        frozen, train = partition.split(params)
+        frozen, train = partition.split(params, config)
     return TrainState(jnp.zeros((), jnp.int32), train, frozen, optimizer.init(train))
 
 
@@ -190,7 +195,7 @@ def fit(
     steps_per_epoch = max(1, -(-len(packed.inputs) // train_config.batch_size))
     total = max(1, int(round(train_config.epochs * steps_per_epoch)))
     optimizer = make_optimizer(train_config, total)
-    state = init_state(params, optimizer, trainable)
+    state = init_state(params, optimizer, trainable, model_config)
     train_step = make_train_step(model_config, optimizer)
     np_rng = np.random.default_rng(train_config.seed)
     history: list[dict] = []

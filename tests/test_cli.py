@@ -24,7 +24,8 @@ def test_tiny_pretrain_then_prompt(tmp_path, capsys):
     cli.main(["pretrain", "--preset", "tiny", "--out", str(out)])
     cfg, params, meta = checkpoint.load(out)
     assert meta["trained_on"] == "public_train"
-    assert meta["params_device"] == partition.count(partition.split(params)[1])
+    assert meta["params_device"] == partition.count(partition.split(params, cfg)[1])
+    assert cfg.lora_rank == cfg.embed_rank == 0  # the base is pretrained without adapters
     assert np.isfinite(meta["valid"]["valid_perplexity"])
     capsys.readouterr()
     stdout = io.StringIO()

@@ -13,8 +13,8 @@ def params(tiny_model):
     return network.init_params(tiny_model, jax.random.key(0))
 
 
-def test_split_merge_is_exact_and_complete(params):
-    base, device = partition.split(params)
+def test_split_merge_is_exact_and_complete(params, tiny_model):
+    base, device = partition.split(params, tiny_model)
     assert set(device) == {
         "head_kernel",
         "head_bias",
@@ -23,22 +23,26 @@ def test_split_merge_is_exact_and_complete(params):
         "lora_xb",
         "lora_ha",
         "lora_hb",
+        "emb_a",
+        "emb_b",
     }
     assert set(base) == {"embedding", "lstm_wx", "lstm_wh", "lstm_b", "lstm_wp"}
-    merged = partition.merge(base, device)
+    merged = partition.merge(base, device, tiny_model)
     assert merged.keys() == params.keys()
     for k in params:
         assert merged[k] is params[k]
     assert partition.count(base) + partition.count(device) == partition.count(params)
 
 
-def test_merge_rejects_overlap_and_misplaced_parameters(params):
-    base, device = partition.split(params)
+def test_merge_rejects_overlap_and_misplaced_parameters(params, tiny_model):
+    base, device = partition.split(params, tiny_model)
     with pytest.raises(ValueError, match="both hold"):
-        partition.merge({**base, "head_bias": device["head_bias"]}, device)
+        partition.merge({**base, "head_bias": device["head_bias"]}, device, tiny_model)
     with pytest.raises(ValueError, match="wrong part"):
         rest = {k: v for k, v in base.items() if k != "embedding"}
-        partition.merge(rest, {**device, "embedding": base["embedding"]})
+        partition.merge(rest, {**device, "embedding": base["embedding"]}, tiny_model)
+    with pytest.raises(ValueError, match="lacks"):
+        partition.merge(base, {k: v for k, v in device.items() if k != "emb_a"}, tiny_model)
 
 
 def test_default_is_the_gboard_shape():
@@ -49,10 +53,10 @@ def test_default_is_the_gboard_shape():
     assert p["lstm_wx"].shape == (96, 3 * 670)  # CIFG: three gates
 
 
-def test_zero_lora_equals_the_model_without_adapters(tiny_model, params):
+def test_zero_update_adapters_equal_the_model_without_adapters(tiny_model, params):
     tokens = jnp.array([[BOS, 10, 11, 12, 13]])
-    no_lora = ModelConfig(**{**tiny_model.__dict__, "lora_rank": 0})
-    p0 = {k: v for k, v in params.items() if not k.startswith("lora_")}
+    no_lora = tiny_model.without_adapters()
+    p0 = {k: v for k, v in params.items() if not k.startswith(("lora_", "emb_"))}
     a = network.SplitLM(tiny_model).apply({"params": params}, tokens)
     b = network.SplitLM(no_lora).apply({"params": p0}, tokens)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -81,7 +85,7 @@ def _tiny_batch():
 def test_train_step_lowers_the_loss(tiny_model, params):
     cfg = TrainConfig.tiny()
     opt = train.make_optimizer(cfg, 50)
-    state = train.init_state(params, opt, "full")
+    state = train.init_state(params, opt, "full", tiny_model)
     step = train.make_train_step(tiny_model, opt)
     batch = _tiny_batch()
     key = jax.random.key(1)
@@ -96,11 +100,11 @@ def test_train_step_lowers_the_loss(tiny_model, params):
 
 def test_device_training_never_changes_the_base(tiny_model, params):
     opt = train.make_optimizer(TrainConfig.tiny(), 10)
-    state = train.init_state(params, opt, "device")
+    state = train.init_state(params, opt, "device", tiny_model)
     step = train.make_train_step(tiny_model, opt)
     for i in range(5):
         state, _ = step(state, _tiny_batch(), jax.random.key(i))
-    base, device = partition.split(params)
+    base, device = partition.split(params, tiny_model)
     after = state.params()
     for k in base:
         np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(base[k]))
