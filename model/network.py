@@ -66,16 +66,19 @@ class SplitLM(nn.Module):
         self.out_bias = self.param("head_out_bias", nn.initializers.zeros, (c.vocab_size,))
         self.drop = nn.Dropout(c.dropout)
 
-    def embedding_VxE(self) -> Array:
-        """The tied embedding with its device-part update, if any."""
-        if self.config.embed_rank:
-            return self.embedding + self.emb_a @ self.emb_b
-        return self.embedding
-
     def embed(self, tokens_BxT: Array, onehot: bool) -> Array:
+        # The embedding update stays factorised (E + A B is never formed): a lookup of A's
+        # rows times B costs r*E per token instead of V*r*E per call.
         if onehot:  # exports as EMBEDDING_LOOKUP, which the int8 quantiser shrinks
-            return jax.nn.one_hot(tokens_BxT, self.config.vocab_size) @ self.embedding_VxE()
-        return jnp.take(self.embedding_VxE(), tokens_BxT, axis=0)
+            oh_BxTxV = jax.nn.one_hot(tokens_BxT, self.config.vocab_size)
+            x = oh_BxTxV @ self.embedding
+            if self.config.embed_rank:
+                x = x + (oh_BxTxV @ self.emb_a) @ self.emb_b
+            return x
+        x = jnp.take(self.embedding, tokens_BxT, axis=0)
+        if self.config.embed_rank:
+            x = x + jnp.take(self.emb_a, tokens_BxT, axis=0) @ self.emb_b
+        return x
 
     def features(
         self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1
@@ -84,11 +87,10 @@ class SplitLM(nn.Module):
         c = self.config
         x_BxTxE = self.drop(self.embed(tokens_BxT, onehot), deterministic=deterministic)
         wx, wh = self.lstm["wx"], self.lstm["wh"]
-        if c.lora_rank:
-            wx = wx + self.lora["xa"] @ self.lora["xb"]
-            wh = wh + self.lora["ha"] @ self.lora["hb"]
         # Input contributions for all steps at once; only the recurrent part is sequential.
         xg_BxTxG = x_BxTxE @ wx + self.lstm["b"]
+        if c.lora_rank:  # factorised LoRA: W x + B (A x), never forming W + AB
+            xg_BxTxG = xg_BxTxG + (x_BxTxE @ self.lora["xa"]) @ self.lora["xb"]
         keep_BxT = ((tokens_BxT != BOS) & (tokens_BxT != PAD)).astype(x_BxTxE.dtype)
         B = tokens_BxT.shape[0]
         carry = (jnp.zeros((B, c.hidden_dim)), jnp.zeros((B, c.proj_dim)))
@@ -100,6 +102,8 @@ class SplitLM(nn.Module):
             cell_BxH = cell_BxH * keep_B[:, None]
             h_BxP = h_BxP * keep_B[:, None]
             z = xg_BxG + h_BxP @ wh
+            if c.lora_rank:
+                z = z + (h_BxP @ self.lora["ha"]) @ self.lora["hb"]
             if c.cifg:
                 f, o, g = jnp.split(z, 3, axis=-1)
                 f = jax.nn.sigmoid(f)
@@ -117,7 +121,10 @@ class SplitLM(nn.Module):
 
     def head(self, h_BxTxP: Array) -> Array:
         z_BxTxE = h_BxTxP @ self.head_kernel + self.head_bias
-        return z_BxTxE @ self.embedding_VxE().T + self.out_bias
+        logits = z_BxTxE @ self.embedding.T + self.out_bias
+        if self.config.embed_rank:
+            logits = logits + (z_BxTxE @ self.emb_b.T) @ self.emb_a.T
+        return logits
 
     def __call__(
         self, tokens_BxT: Array, deterministic: bool = True, onehot: bool = False, unroll: int = 1

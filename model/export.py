@@ -1,0 +1,239 @@
+"""JAX -> LiteRT: one `.tflite` with an `infer` and a `train` signature, no TensorFlow.
+
+Route (shared/notes/litert.md): `jax.export` -> StableHLO -> litert-converter's MLIR passes ->
+TFLite flatbuffer; then dynamic-range int8 for the frozen base with ai-edge-quantizer.
+
+- `infer(device part..., context_1xT, allowed_V) -> (ids_1xK, scores_1xK)`: the top-k words
+  after the context, restricted to `allowed_V` (1 = may be suggested), so one call serves
+  next-word prediction (all words) and completion of a partial word (words with its prefix).
+  Scores are log-probabilities under the full (unrestricted) distribution.
+- `train(device part..., adam mu..., adam nu..., count, lr, tokens_BxT, targets_BxT) ->
+  (new device part..., new mu..., new nu..., new count, loss)`: one Adam step on the device
+  part, base frozen and baked in. Stateless: the runtime keeps the arrays.
+
+Graph constraints: the recurrence is unrolled (no while loops), embedding lookups are one-hot
+matmuls (-> EMBEDDING_LOOKUP, which int8 shrinks), the loss uses one-hot cross-entropy.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import network, partition, train
+from model.config import ModelConfig
+from model.types import Array, Params
+from model.vocab import BOS, PAD
+
+__all__ = [
+    "ExportSpec",
+    "infer_fn",
+    "train_fn",
+    "adam_init",
+    "to_litert",
+    "quantize_int8",
+    "export",
+    "STATE_PREFIXES",
+]
+
+# Names of the optimiser-state inputs of `train`: Adam's first and second moments.
+STATE_PREFIXES = ("mu.", "nu.")
+# Adam hyper-parameters of on-device training (the learning rate is an input per step).
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Static shapes of the exported signatures."""
+
+    context_len: int = 16  # words of context for `infer` (left-padded with <pad>)
+    top_k: int = 3  # suggestions returned by `infer`
+    train_batch: int = 8  # rows per `train` step
+    train_len: int = 16  # tokens per row of `train`
+
+
+def _device_names(config: ModelConfig) -> list[str]:
+    return sorted(partition.device_names(config))
+
+
+def infer_fn(config: ModelConfig, base: Params, spec: ExportSpec):
+    """f(*device arrays sorted by name, context_1xT, allowed_V) -> (ids_1xK, scores_1xK)."""
+    model = network.SplitLM(config)
+    names = _device_names(config)
+
+    def f(*args):
+        device = dict(zip(names, args[: len(names)], strict=True))
+        context_1xT, allowed_V = args[len(names) :]
+        logits_1xTxV = model.apply(
+            {"params": {**base, **device}}, context_1xT, onehot=True, unroll=spec.context_len
+        )
+        logits_V = logits_1xTxV[0, -1]
+        never = jnp.zeros_like(logits_V).at[PAD].set(1.0).at[BOS].set(1.0)
+        logp_V = jax.nn.log_softmax(jnp.where(never > 0, -1e9, logits_V))
+        masked_V = jnp.where((allowed_V > 0) & (never == 0), logp_V, -1e9)
+        scores, ids = jax.lax.top_k(masked_V[None, :], spec.top_k)
+        return ids.astype(jnp.int32), scores
+
+    return f
+
+
+def adam_init(device: Params) -> dict[str, np.ndarray]:
+    """Zero Adam state for a device part, as named arrays (`mu.*`, `nu.*`, `count`)."""
+    out = {
+        f"{p}{k}": np.zeros_like(np.asarray(v)) for p in STATE_PREFIXES for k, v in device.items()
+    }
+    out["count"] = np.zeros((), np.float32)
+    return out
+
+
+def _adam_step(device: Params, grads: Params, mu: Params, nu: Params, count: Array, lr: Array):
+    # Written out (Kingma & Ba 2015, bias-corrected) rather than through optax so the state is
+    # a flat list of named arrays with a float step count, which LiteRT signatures need;
+    # `tests/test_export.py` checks it against optax.adam step for step.
+    count = count + 1.0
+    mu = {k: ADAM_B1 * mu[k] + (1 - ADAM_B1) * grads[k] for k in device}
+    nu = {k: ADAM_B2 * nu[k] + (1 - ADAM_B2) * grads[k] ** 2 for k in device}
+    c1, c2 = 1 - ADAM_B1**count, 1 - ADAM_B2**count
+    new = {k: device[k] - lr * (mu[k] / c1) / (jnp.sqrt(nu[k] / c2) + ADAM_EPS) for k in device}
+    return new, mu, nu, count
+
+
+def train_fn(config: ModelConfig, base: Params, spec: ExportSpec):
+    """f(*device, *mu, *nu, count, lr, tokens_BxT, targets_BxT) -> (*device, *mu, *nu, count, loss).
+
+    No dropout on the device: the step is deterministic, so LiteRT and JAX agree exactly.
+    """
+    model = network.SplitLM(config)
+    names = _device_names(config)
+    n = len(names)
+
+    def loss_fn(device, tokens, targets):
+        logits = model.apply(
+            {"params": {**base, **device}}, tokens, onehot=True, unroll=spec.train_len
+        )
+        total, count = train.loss_and_counts(logits, targets, onehot_labels=True)
+        return total / jnp.maximum(count, 1.0)
+
+    def f(*args):
+        device = dict(zip(names, args[:n], strict=True))
+        mu = dict(zip(names, args[n : 2 * n], strict=True))
+        nu = dict(zip(names, args[2 * n : 3 * n], strict=True))
+        count, lr, tokens, targets = args[3 * n :]
+        loss, grads = jax.value_and_grad(loss_fn)(device, tokens, targets)
+        new, mu, nu, count = _adam_step(device, grads, mu, nu, count, lr)
+        return (
+            *[new[k] for k in names],
+            *[mu[k] for k in names],
+            *[nu[k] for k in names],
+            count,
+            loss,
+        )
+
+    return f
+
+
+def _lower(fn, example_args: list) -> bytes:
+    exported = jax.export.export(jax.jit(fn), platforms=["cpu"])(*example_args)
+    return exported.mlir_module_serialized
+
+
+def to_litert(signatures: dict[str, tuple]) -> bytes:
+    """Convert {name: (fn, example_args, input_names, output_names)} into one flatbuffer."""
+    from litert_converter.mlir import ir, passmanager
+    from litert_converter.mlir._mlir_libs import converter_api_ext as conv
+
+    pipeline = (
+        "builtin.module(vhlo-legalize-stablehlo,reconcile-unrealized-casts,"
+        "func.func(stablehlo-legalize-composite-to-call),inline,symbol-dce,strip-debuginfo)"
+    )
+    with ir.Context() as ctx:
+        conv.prepare_mlir_context(ctx)
+        modules = []
+        for name, (fn, args, in_names, out_names) in signatures.items():
+            module = ir.Module.parse(_lower(fn, args))
+            passmanager.PassManager.parse(pipeline).run(module.operation)
+            conv.set_signature(
+                module.operation,
+                signature_name=name,
+                input_names=list(in_names),
+                output_names=list(out_names),
+            )
+            modules.append(module)
+        merged = conv.merge_modules(modules) if len(modules) > 1 else modules[0]
+        cfg = conv.ConvertToTFLConfig()
+        cfg.model_origin_framework = "JAX"
+        conv.run_convert_to_tfl_passes(merged, passmanager.PassManager(), cfg)
+        return bytes(conv.export_flatbuffer_to_bytes(merged.operation))
+
+
+def quantize_int8(flatbuffer: bytes) -> bytes:
+    """Dynamic-range int8 weights (float activations) for the baked-in constants."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "float.tflite"
+        path.write_bytes(flatbuffer)
+        q = quantizer.Quantizer(str(path), recipe.dynamic_wi8_afp32())
+        result = q.quantize()
+        return bytes(result.quantized_model)
+
+
+def export(
+    config: ModelConfig,
+    params: Params,
+    spec: ExportSpec = ExportSpec(),
+    int8: bool = True,
+    with_train: bool = True,
+) -> bytes:
+    """The `.tflite` bytes for a full parameter tree (device part passed in at run time)."""
+    base, device = partition.split(params, config)
+    base = {k: jnp.asarray(v) for k, v in base.items()}
+    names = _device_names(config)
+    dev_args = [np.asarray(device[k], np.float32) for k in names]
+    sigs: dict[str, tuple] = {
+        "infer": (
+            infer_fn(config, base, spec),
+            [
+                *dev_args,
+                np.zeros((1, spec.context_len), np.int32),
+                np.ones((config.vocab_size,), np.float32),
+            ],
+            [*names, "context", "allowed"],
+            ["ids", "scores"],
+        )
+    }
+    if with_train:
+        state = adam_init(device)
+        sigs["train"] = (
+            train_fn(config, base, spec),
+            [
+                *dev_args,
+                *[state[f"mu.{k}"] for k in names],
+                *[state[f"nu.{k}"] for k in names],
+                state["count"],
+                np.float32(1e-2),
+                np.zeros((spec.train_batch, spec.train_len), np.int32),
+                np.zeros((spec.train_batch, spec.train_len), np.int32),
+            ],
+            [
+                *names,
+                *[f"mu.{k}" for k in names],
+                *[f"nu.{k}" for k in names],
+                "count",
+                "lr",
+                "tokens",
+                "targets",
+            ],
+            [
+                *[f"new.{k}" for k in names],
+                *[f"new_mu.{k}" for k in names],
+                *[f"new_nu.{k}" for k in names],
+                "new_count",
+                "loss",
+            ],
+        )
+    flat = to_litert(sigs)
+    return quantize_int8(flat) if int8 else flat
