@@ -37,6 +37,7 @@ __all__ = [
     "quantize_int8",
     "export",
     "STATE_PREFIXES",
+    "op_names",
 ]
 
 # Names of the optimiser-state inputs of `train`: Adam's first and second moments.
@@ -237,3 +238,20 @@ def export(
         )
     flat = to_litert(sigs)
     return quantize_int8(flat) if int8 else flat
+
+
+def op_names(flatbuffer: bytes) -> list[str]:
+    """Every operator code in a model: builtin names, or `custom:<name>` for custom/Flex ops."""
+    from litert_converter import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    by_code = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        if code == schema.BuiltinOperator.CUSTOM:
+            out.append(f"custom:{(oc.CustomCode() or b'').decode()}")
+        else:
+            out.append(by_code.get(code, str(code)))
+    return out

@@ -1,0 +1,149 @@
+"""LiteRT export and the on-device runtime, on the tiny preset (real converter, real runtime)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from keyboard.runtime import DeviceModel, ModelFileError
+from model import export, network, partition
+from model.vocab import BOS, build_vocabulary
+
+SPEC = export.ExportSpec()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    params = network.init_params(tiny_model, jax.random.key(0))
+    # Non-zero adapters, so parity covers every device-part input.
+    keys = jax.random.split(jax.random.key(1), len(params))
+    params = {
+        k: v + 0.05 * jax.random.normal(kk, v.shape) if k.startswith(("lora_", "emb_")) else v
+        for (k, v), kk in zip(sorted(params.items()), keys, strict=True)
+    }
+    flat = export.export(tiny_model, params, SPEC, int8=False)
+    base, device = partition.split(params, tiny_model)
+    return tiny_model, params, base, device, flat
+
+
+def _np(d):
+    return {k: np.asarray(v) for k, v in d.items()}
+
+
+def test_litert_infer_equals_jax(setup):
+    cfg, params, base, device, flat = setup
+    vocab = build_vocabulary(cfg.vocab_size - 4)
+    dm = DeviceModel(flat, vocab, _np(device))
+    f = jax.jit(export.infer_fn(cfg, base, SPEC))
+    names = sorted(device)
+    for words in (["how", "are"], [], ["i", "think", "that", "we"] * 5):
+        ctx = dm.context_ids(words)
+        ids_j, sc_j = f(*[device[k] for k in names], ctx, dm.allowed(""))
+        ids_l, sc_l = dm.top_k(words)
+        assert list(ids_l) == list(np.asarray(ids_j)[0])
+        np.testing.assert_allclose(sc_l, np.asarray(sc_j)[0], atol=1e-4)
+    # the exported distribution is the training graph's distribution
+    logits = network.SplitLM(cfg).apply({"params": params}, jnp.asarray(dm.context_ids(["hi"])))
+    logp = jax.nn.log_softmax(logits[0, -1].at[0].set(-1e9).at[BOS].set(-1e9))
+    _, sc = dm.top_k(["hi"])
+    np.testing.assert_allclose(sc, np.sort(np.asarray(logp))[::-1][:3], atol=1e-4)
+
+
+def test_completion_only_suggests_words_with_the_prefix(setup):
+    cfg, _, _, device, flat = setup
+    dm = DeviceModel(flat, build_vocabulary(cfg.vocab_size - 4), _np(device))
+    for typed in ("how are yo", "th", "qu"):
+        words = dm.suggest(typed)
+        assert len(words) == 3
+        assert all(w.startswith(typed.split()[-1]) for w in words)
+    assert dm.suggest("zzzzq") == []  # no vocabulary word completes it
+
+
+def test_handwritten_adam_equals_optax(setup):
+    _, _, _, device, _ = setup
+    grads = jax.tree.map(lambda v: jnp.sin(jnp.arange(v.size).reshape(v.shape) + 1.0), device)
+    opt = optax.adam(1e-2, b1=export.ADAM_B1, b2=export.ADAM_B2, eps=export.ADAM_EPS)
+    st = opt.init(device)
+    mine = export.adam_init(device)
+    p_opt, p_mine = dict(device), dict(device)
+    mu = {k: mine[f"mu.{k}"] for k in device}
+    nu = {k: mine[f"nu.{k}"] for k in device}
+    count = mine["count"]
+    for _ in range(3):
+        upd, st = opt.update(grads, st, p_opt)
+        p_opt = optax.apply_updates(p_opt, upd)
+        p_mine, mu, nu, count = export._adam_step(p_mine, grads, mu, nu, count, 1e-2)
+    for k in device:
+        np.testing.assert_allclose(np.asarray(p_mine[k]), np.asarray(p_opt[k]), atol=1e-6)
+
+
+def test_twenty_litert_train_steps_match_jax(setup, tmp_path):
+    cfg, _, base, device, flat = setup
+    vocab = build_vocabulary(cfg.vocab_size - 4)
+    dm = DeviceModel(flat, vocab, _np(device))
+    msgs = ["how are you doing today", "i am fine thanks", "see you later then"] * 20
+    batches = dm.batches(msgs)
+    step = jax.jit(export.train_fn(cfg, base, SPEC))
+    names = sorted(device)
+    state = export.adam_init(device)
+    dj = _np(device)
+    sj = {k: state[k] for k in state}
+    losses = []
+    for i in range(20):
+        tok, tgt = batches[i % len(batches)]
+        losses.append(dm.train_step(tok, tgt, 1e-2))
+        out = step(
+            *[dj[k] for k in names],
+            *[sj[f"mu.{k}"] for k in names],
+            *[sj[f"nu.{k}"] for k in names],
+            sj["count"],
+            np.float32(1e-2),
+            tok,
+            tgt,
+        )
+        n = len(names)
+        dj = {k: np.asarray(out[i2]) for i2, k in enumerate(names)}
+        sj = {
+            **{f"mu.{k}": out[n + i2] for i2, k in enumerate(names)},
+            **{f"nu.{k}": out[2 * n + i2] for i2, k in enumerate(names)},
+            "count": out[3 * n],
+        }
+        assert losses[-1] == pytest.approx(float(out[-1]), abs=1e-4)
+    assert losses[-1] < losses[0]
+    for k in names:
+        np.testing.assert_allclose(dm.device[k], dj[k], atol=1e-4)
+    # base never changes: the flatbuffer is the same bytes, and prediction moved
+    dm.save_state(tmp_path / "state.npz")
+    other = DeviceModel(flat, vocab, _np(device))
+    other.load_state(tmp_path / "state.npz")
+    assert other.train_steps == 20
+    for k in names:
+        np.testing.assert_array_equal(other.device[k], dm.device[k])
+    assert list(other.top_k(["how"])[0]) == list(dm.top_k(["how"])[0])
+
+
+def test_bad_model_files_and_states_give_clear_errors(setup, tmp_path):
+    cfg, _, _, device, flat = setup
+    vocab = build_vocabulary(cfg.vocab_size - 4)
+    with pytest.raises(ModelFileError, match="TFL3"):
+        DeviceModel(b"not a model", vocab, _np(device))
+    with pytest.raises(ModelFileError):
+        DeviceModel(flat[: len(flat) // 3], vocab, _np(device))
+    with pytest.raises(ModelFileError, match="lacks"):
+        DeviceModel(flat, vocab, {k: v for k, v in _np(device).items() if k != "head_bias"})
+    dm = DeviceModel(flat, vocab, _np(device))
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match="unreadable"):
+        dm.load_state(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="batch must be"):
+        dm.train_step(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32), 1e-2)
+
+
+def test_only_builtin_ops_and_int8_shrinks(setup):
+    cfg, params, *_ = setup
+    q = export.export(cfg, params, SPEC, int8=True)
+    ops = export.op_names(q)
+    assert "EMBEDDING_LOOKUP" in ops and "TOPK_V2" in ops
+    assert not [o for o in ops if o.startswith("custom:")]
+    assert len(q) < 0.6 * len(setup[4])
