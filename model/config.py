@@ -109,6 +109,7 @@ class TrainConfig:
     seq_len: int = 32  # tokens per packed row; messages are packed, state resets at <bos>
     batch_size: int = 64  # rows per step
     epochs: float = 8.0  # passes over the training text
+    max_steps: int = 0  # if > 0, exactly this many steps instead of `epochs` passes
     peak_lr: float = 5e-3  # AdamW peak learning rate (warmup then cosine decay to 1%)
     warmup_frac: float = 0.05  # share of steps spent warming up
     weight_decay: float = 1e-5

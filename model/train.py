@@ -193,7 +193,7 @@ def fit(
     """
     packed = batching.pack(train_messages, train_config.seq_len)
     steps_per_epoch = max(1, -(-len(packed.inputs) // train_config.batch_size))
-    total = max(1, int(round(train_config.epochs * steps_per_epoch)))
+    total = train_config.max_steps or max(1, int(round(train_config.epochs * steps_per_epoch)))
     optimizer = make_optimizer(train_config, total)
     state = init_state(params, optimizer, trainable, model_config)
     train_step = make_train_step(model_config, optimizer)
