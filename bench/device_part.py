@@ -33,8 +33,8 @@ def main() -> None:
     p.add_argument(
         "--budget-kb",
         type=int,
-        default=2600,
-        help="training-memory budget (KiB of weights+grads+Adam) of the FTTE variant",
+        default=2237,
+        help="FTTE variant's budget in KiB of weights + grads + Adam state (2237 = 10%% of params)",
     )
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
@@ -69,6 +69,8 @@ def main() -> None:
                 run = {"lr": lr, "valid": v}
                 if best is None or v["perplexity"] < best[0]["valid"]["perplexity"]:
                     q = train.evaluate(cfg, params, held)
+                    # the best so far of this variant: kept for bench/personalization
+                    checkpoint.save(CACHE / "ckpt" / name, cfg, params, {"kind": name, "lr": lr})
                     _, dev = partition.split(params, cfg)
                     run.update(
                         held=q,

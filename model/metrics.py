@@ -15,13 +15,20 @@ Conventions (the same for every model):
 """
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from model.vocab import SPECIALS, Vocabulary
 
-__all__ = ["topk_ids", "PrefixIndex", "word_keystrokes", "perplexity"]
+__all__ = [
+    "topk_ids",
+    "PrefixIndex",
+    "word_keystrokes",
+    "keystrokes_with",
+    "message_keystrokes",
+    "perplexity",
+]
 
 
 def topk_ids(scores: np.ndarray, k: int) -> np.ndarray:
@@ -66,11 +73,18 @@ def word_keystrokes(
     word: str, word_id: int, scores: np.ndarray, index: PrefixIndex, k: int = 3
 ) -> tuple[int, int]:
     """(keystrokes saved, keystrokes needed) for typing `word` with suggestions from `scores`."""
+    return keystrokes_with(word, word_id, lambda prefix: index.suggest(scores, prefix, k))
+
+
+def keystrokes_with(
+    word: str, word_id: int, suggest: Callable[[str], Sequence[int]]
+) -> tuple[int, int]:
+    """`word_keystrokes` for any suggester: `suggest(prefix)` -> the ids on the strip."""
     needed = len(word) + 1
     if word_id < len(SPECIALS):  # out of vocabulary: never suggested
         return 0, needed
     for p in range(len(word)):
-        if word_id in index.suggest(scores, word[:p], k):
+        if word_id in list(suggest(word[:p])):
             return len(word) - p, needed
     return 0, needed
 
