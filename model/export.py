@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import network, partition, train
-from model.config import ModelConfig
+from model.config import DevicePart, ModelConfig
 from model.types import Array, Params
 from model.vocab import BOS, PAD
 
@@ -38,6 +38,7 @@ __all__ = [
     "export",
     "STATE_PREFIXES",
     "op_names",
+    "export_checkpoint",
 ]
 
 # Names of the optimiser-state inputs of `train`: Adam's first and second moments.
@@ -255,3 +256,50 @@ def op_names(flatbuffer: bytes) -> list[str]:
         else:
             out.append(by_code.get(code, str(code)))
     return out
+
+
+def export_checkpoint(
+    model_dir: Path,
+    out_path: Path,
+    part: DevicePart | None = None,
+    int8: bool = True,
+    with_train: bool = True,
+    spec: ExportSpec = ExportSpec(),
+) -> dict:
+    """Write `out_path` (.tflite) and `<out_path stem>.device.npz` (the initial device part).
+
+    A checkpoint without adapters gets `part` attached as a zero update (default: the
+    configured default device part); a checkpoint that has its own device part keeps it.
+    """
+    import io
+
+    import jax
+
+    from model import checkpoint, network
+    from model.checkpoint import atomic_write_bytes
+
+    config, params, meta = checkpoint.load(model_dir)
+    if part is not None or config.device_groups == ("head",) and not config.lora_rank:
+        config = config.with_device_part(part or DevicePart.default())
+        params = network.attach_device_part(params, config, jax.random.key(0))
+    flat = export(config, params, spec, int8=int8, with_train=with_train)
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, flat)
+    _, device = partition.split(params, config)
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in device.items()})
+    device_path = out_path.with_suffix(".device.npz")
+    atomic_write_bytes(device_path, buf.getvalue())
+    return {
+        "model": str(out_path),
+        "bytes": len(flat),
+        "device_part": str(device_path),
+        "device_groups": list(config.device_groups),
+        "lora_rank": config.lora_rank,
+        "embed_rank": config.embed_rank,
+        "device_params": partition.count(device),
+        "int8": int8,
+        "signatures": ["infer", "train"] if with_train else ["infer"],
+        "ops": sorted(set(op_names(flat))),
+        "source": meta.get("kind", str(model_dir)),
+    }

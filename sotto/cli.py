@@ -35,6 +35,17 @@ def _centralize(args: argparse.Namespace) -> None:
     print(json.dumps({k: meta[k] for k in pipeline.SUMMARY_KEYS if k in meta}, indent=2))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from model import device_part, export
+
+    parts = {p.name: p for p in device_part.variants()}
+    part = parts[args.device_part] if args.device_part else None
+    info = export.export_checkpoint(
+        Path(args.model), Path(args.out), part, int8=not args.float, with_train=not args.no_train
+    )
+    print(json.dumps(info, indent=2))
+
+
 def _data(args: argparse.Namespace) -> None:
     from model import pipeline
 
@@ -80,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=str(paths.CENTRALIZED_DIR))
     s.add_argument("--preset", choices=presets, default="default")
     s.set_defaults(func=_centralize)
+
+    s = sub.add_parser("export", help="write a LiteRT model (infer + train) for a checkpoint")
+    s.add_argument("--model", default=str(paths.BASE_DIR), help="checkpoint directory")
+    s.add_argument("--out", default=str(paths.BASE_TFLITE), help="output .tflite path")
+    s.add_argument(
+        "--device-part",
+        default=None,
+        help="attach this device-part variant (default: the configured default)",
+    )
+    s.add_argument("--float", action="store_true", help="keep float32 weights (no int8)")
+    s.add_argument("--no-train", action="store_true", help="only the infer signature")
+    s.set_defaults(func=_export)
 
     s = sub.add_parser("data", help="users, words and OOV rate of every split")
     s.add_argument("--preset", choices=presets, default="default")
