@@ -93,9 +93,14 @@ class DeviceModel:
 
     def top_k(self, words: Sequence[str], prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(ids, log-probs) of the best words after `words` that start with `prefix`."""
-        out = self._infer(
-            **self.device, context=self.context_ids(words), allowed=self.allowed(prefix)
-        )
+        return self.infer_window(self.context_ids(words), self.allowed(prefix))
+
+    def infer_window(
+        self, window_1xT: np.ndarray, allowed_V: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, log-probs) of the best words after a left-padded id window `[1, T]`."""
+        allowed_V = self._all if allowed_V is None else allowed_V
+        out = self._infer(**self.device, context=window_1xT.astype(np.int32), allowed=allowed_V)
         ids, scores = out["ids"][0], out["scores"][0]
         keep = scores > -1e8  # fewer matching words than k: the rest are padding
         return ids[keep], scores[keep]

@@ -13,6 +13,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "embed_update": ("emb_a", "emb_b"),
     "lstm_bias": ("lstm_b",),
     "lstm_proj": ("lstm_wp",),
+    # The rest of the base: only "full" trains them (the reference that device parts are
+    # measured against, e.g. for training memory); no phone is sent these.
+    "lstm_kernels": ("lstm_wx", "lstm_wh"),
+    "embedding": ("embedding",),
 }
 ADAPTER_GROUPS = ("lora", "embed_update")
 
@@ -156,6 +160,11 @@ class DevicePart:
             lora_rank=lora_rank,
             embed_rank=embed_rank,
         )
+
+    @staticmethod
+    def full() -> "DevicePart":
+        """Every parameter trainable: the reference for memory and accuracy, not a device part."""
+        return DevicePart("full", tuple(g for g in GROUPS if g not in ADAPTER_GROUPS))
 
     @staticmethod
     def default() -> "DevicePart":

@@ -92,8 +92,11 @@ class SplitLM(nn.Module):
         if c.lora_rank:  # factorised LoRA: W x + B (A x), never forming W + AB
             xg_BxTxG = xg_BxTxG + (x_BxTxE @ self.lora["xa"]) @ self.lora["xb"]
         keep_BxT = ((tokens_BxT != BOS) & (tokens_BxT != PAD)).astype(x_BxTxE.dtype)
-        B = tokens_BxT.shape[0]
-        carry = (jnp.zeros((B, c.hidden_dim)), jnp.zeros((B, c.proj_dim)))
+        # A zero start state that depends on the input: a constant one gets folded by the
+        # LiteRT converter into a constant left operand of the LoRA matmul, which int8
+        # quantisation then turns into an int8 x float BATCH_MATMUL that LiteRT cannot run.
+        zero_Bx1 = keep_BxT[:, :1] * 0.0
+        carry = (jnp.tile(zero_Bx1, (1, c.hidden_dim)), jnp.tile(zero_Bx1, (1, c.proj_dim)))
         wp = self.lstm["wp"]
 
         def step(carry, inp):

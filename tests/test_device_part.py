@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model import batching, device_part, network, partition, train
-from model.config import DevicePart, ModelConfig, TrainConfig
+from model.config import GROUPS, DevicePart, ModelConfig, TrainConfig
 from model.vocab import BOS
 
 TINY_PARTS = [
@@ -93,7 +93,8 @@ def test_score_groups_measures_every_candidate(base, tiny_model):
     full = network.attach_device_part(params0, cand, jax.random.key(2))
     scores = device_part.score_groups(cand, full, [_batch()])
     by = {s.group: s for s in scores}
-    assert set(by) == {"head", "lora", "embed_update", "lstm_bias", "lstm_proj"}
+    assert set(by) == set(GROUPS)  # every parameter group is a candidate (FTTE)
+    assert by["embedding"].params == 10_004 * 16
     assert by["head"].params == 16 * 16 + 16 + 10_004
     assert all(s.grad_sq > 0 for s in scores if s.group != "lora")
     assert by["head"].memory_bytes == 16 * by["head"].params

@@ -6,9 +6,11 @@ import numpy as np
 import optax
 import pytest
 
+from keyboard import memprobe
 from keyboard.runtime import DeviceModel, ModelFileError
-from model import export, network, partition
+from model import checkpoint, export, litert_eval, network, partition
 from model.vocab import BOS, build_vocabulary
+from sotto import cli
 
 SPEC = export.ExportSpec()
 
@@ -147,3 +149,36 @@ def test_only_builtin_ops_and_int8_shrinks(setup):
     assert "EMBEDDING_LOOKUP" in ops and "TOPK_V2" in ops
     assert not [o for o in ops if o.startswith("custom:")]
     assert len(q) < 0.6 * len(setup[4])
+    # and the int8 file runs both signatures (a constant folded into an int8 left operand
+    # once made LiteRT refuse the LoRA graph at run time)
+    _, _, _, device, _ = setup
+    dm = DeviceModel(q, build_vocabulary(cfg.vocab_size - 4), _np(device))
+    assert len(dm.suggest("how are ")) == 3
+    tokens, targets = dm.batches(["how are you doing today"] * 10)[0]
+    assert np.isfinite(dm.train_step(tokens, targets, 1e-2))
+
+
+def test_memprobe_measures_training_memory_in_a_fresh_process(setup, tmp_path):
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(setup[4])
+    assert memprobe.train_peak_bytes(path, steps=2) > 0
+
+
+def test_sotto_export_writes_a_runnable_model_for_a_checkpoint(tmp_path, tiny_model):
+    params = network.init_params(tiny_model, jax.random.key(0))
+    checkpoint.save(tmp_path / "ckpt", tiny_model, params, {"kind": "tiny"}, dtype="float32")
+    out = tmp_path / "m.tflite"
+    cli.main(["export", "--model", str(tmp_path / "ckpt"), "--out", str(out)])
+    device = dict(np.load(out.with_suffix(".device.npz")))
+    assert device.keys() == partition.device_names(tiny_model)
+    dm = DeviceModel(out.read_bytes(), build_vocabulary(tiny_model.vocab_size - 4), device)
+    assert len(dm.suggest("how are ")) == 3
+    assert dm._train is not None
+
+
+def test_windows_left_pad_and_cover_every_target():
+    msgs = [np.array([BOS, 10, 11, 3]), np.array([BOS, 12, 3])]
+    ctx, tgt = litert_eval.windows(msgs, 2, 100)
+    assert list(tgt) == [10, 11, 3, 12, 3]
+    assert ctx[0].tolist() == [0, BOS] and ctx[2].tolist() == [10, 11]
+    assert len(litert_eval.windows(msgs, 2, 4)[1]) == 4
