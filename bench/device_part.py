@@ -36,6 +36,13 @@ def main() -> None:
         default=2237,
         help="FTTE variant's budget in KiB of weights + grads + Adam state (2237 = 10%% of params)",
     )
+    p.add_argument(
+        "--converge-steps",
+        type=int,
+        default=3240,
+        help="the default part trained this long (as long as `sotto centralize`, 8 epochs) is\n"
+        "compared with the converged full fine-tune (runs/centralized); 0 = skip",
+    )
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -117,6 +124,8 @@ def main() -> None:
         "full": shape("full", full),
         "base": {"params": total, **{k: base_q[k] for k in ("top1", "top3", "perplexity")}},
     }
+    if args.converge_steps and pipeline.has_checkpoint(paths.CENTRALIZED_DIR):
+        report["converged"] = converged(args, cfg0, base_params, fed, valid, held, base_q, rows)
     report["full"]["peak_mem_ratio"] = 1.0
     for v in report["variants"]:
         v["peak_mem_ratio"] = v["peak_mem_bytes"] / full["peak_mem_bytes"]
@@ -134,9 +143,41 @@ def main() -> None:
             f"{v['lr']:g} | {100 * v['top1']:.2f}% | {100 * v['top3']:.2f}% | "
             f"{v['perplexity']:.1f} | {'-' if gr is None else f'{100 * gr:.0f}%'} |"
         )
-    print(
-        f"base: top-1 {100 * base_q['top1']:.2f}%  ppl {base_q['perplexity']:.1f}\nwrote {args.out}"
-    )
+    print(f"base: top-1 {100 * base_q['top1']:.2f}%  ppl {base_q['perplexity']:.1f}")
+    if "converged" in report:
+        c = report["converged"]
+        print(
+            f"converged ({c['steps']} steps): {c['device_part']['name']} top-1 "
+            f"{100 * c['device_part']['top1']:.2f}% vs full {100 * c['full']['top1']:.2f}%: "
+            f"{100 * c['gain_recovered']:.0f}% of the gain"
+        )
+    print(f"wrote {args.out}")
+
+
+def converged(args, cfg0, base_params, fed, valid, held, base_q, rows) -> dict:
+    """The default part trained as long as the centralised run, against that run."""
+    part = DevicePart.default()
+    lr = rows[part.name]["lr"]
+    cache = CACHE / f"converged_{part.name}_lr{lr:g}_s{args.converge_steps}.json"
+    if cache.exists():
+        run = json.loads(cache.read_text())
+    else:
+        cfg, params, v = device_part.finetune(
+            cfg0, base_params, part, fed, valid, args.converge_steps, lr, jax.random.key(11)
+        )
+        checkpoint.save(CACHE / "ckpt" / f"converged_{part.name}", cfg, params, {"lr": lr})
+        run = {"lr": lr, "valid": v, "held": train.evaluate(cfg, params, held)}
+        cache.write_text(json.dumps(run, indent=2))
+    cfg_c, params_c, _ = checkpoint.load(paths.CENTRALIZED_DIR)
+    full_q = train.evaluate(cfg_c, params_c, held)
+    keys = ("top1", "top3", "perplexity")
+    return {
+        "steps": args.converge_steps,
+        "device_part": {"name": part.name, "lr": lr, **{k: run["held"][k] for k in keys}},
+        "full": {"name": "centralized (sotto centralize)", **{k: full_q[k] for k in keys}},
+        "gain_recovered": (run["held"]["top1"] - base_q["top1"])
+        / (full_q["top1"] - base_q["top1"]),
+    }
 
 
 if __name__ == "__main__":

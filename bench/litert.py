@@ -30,10 +30,10 @@ SCRATCH = paths.RUNS / "litert"
 
 def global_model() -> tuple:
     part = DevicePart.default()
-    trained = paths.RUNS / "device_part" / "ckpt" / part.name
-    if pipeline.has_checkpoint(trained):
+    trained = device_part.trained_checkpoint(part)
+    if trained is not None:
         cfg, params, _ = checkpoint.load(trained)
-        return cfg, params, f"{part.name} fine-tuned centrally (bench/device_part)"
+        return cfg, params, f"{part.name} fine-tuned centrally ({trained.name}, bench/device_part)"
     cfg0, base, _ = checkpoint.load(paths.BASE_DIR)
     cfg = cfg0.with_device_part(part)
     return cfg, network.attach_device_part(base, cfg, jax.random.key(0)), "base, zero update"

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from model import checkpoint, export, network, partition, paths, personalize, pipeline
+from model import checkpoint, device_part, export, network, partition, paths, personalize, pipeline
 from model.config import DevicePart
 from model.corpus import build_corpus
 
@@ -40,10 +40,10 @@ def main() -> None:
     )
 
     part = DevicePart.default()
-    trained = paths.RUNS / "device_part" / "ckpt" / part.name
-    if pipeline.has_checkpoint(trained):
+    trained = device_part.trained_checkpoint(part)
+    if trained is not None:
         mcfg, params, _ = checkpoint.load(trained)
-        source = f"{part.name} fine-tuned centrally on federated text (bench/device_part)"
+        source = f"{part.name} fine-tuned centrally on federated text ({trained.name})"
     else:
         base_cfg, base_params, _ = checkpoint.load(paths.BASE_DIR)
         mcfg = base_cfg.with_device_part(part)

@@ -12,6 +12,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,8 @@ __all__ = [
     "score_groups",
     "choose_groups",
     "budget_part",
+    "finetune",
+    "trained_checkpoint",
 ]
 
 
@@ -201,3 +204,15 @@ def finetune(
     valid = {k.removeprefix("valid_"): v for k, v in res.history[-1].items() if k != "step"}
     valid["seconds"] = res.seconds
     return cfg, res.params, valid
+
+
+def trained_checkpoint(part: DevicePart) -> Path | None:
+    """The best centrally fine-tuned checkpoint of `part` that bench/device_part left, if any:
+    the converged run first, else the fixed-budget run."""
+    from model import paths, pipeline
+
+    for name in (f"converged_{part.name}", part.name):
+        d = paths.RUNS / "device_part" / "ckpt" / name
+        if pipeline.has_checkpoint(d):
+            return d
+    return None
