@@ -9,6 +9,7 @@ import pytest
 from keyboard import memprobe
 from keyboard.runtime import DeviceModel, ModelFileError
 from model import checkpoint, export, litert_eval, network, partition
+from model.config import DevicePart
 from model.vocab import BOS, build_vocabulary
 from sotto import cli
 
@@ -182,3 +183,22 @@ def test_windows_left_pad_and_cover_every_target():
     assert list(tgt) == [10, 11, 3, 12, 3]
     assert ctx[0].tolist() == [0, BOS] and ctx[2].tolist() == [10, 11]
     assert len(litert_eval.windows(msgs, 2, 4)[1]) == 4
+
+
+@pytest.mark.parametrize(
+    "part",
+    [DevicePart.head(), DevicePart.head_lora(2), DevicePart.head_embed(2), DevicePart.full()],
+    ids=lambda p: p.name,
+)
+def test_every_device_part_variant_exports_and_trains_on_litert(part, tiny_model):
+    cfg = tiny_model.without_adapters().with_device_part(part)
+    params = network.init_params(cfg, jax.random.key(0))
+    _, device = partition.split(params, cfg)
+    flat = export.export(cfg, params, SPEC, int8=part.name != "full")
+    dm = DeviceModel(flat, build_vocabulary(cfg.vocab_size - 4), _np(device))
+    assert set(dm.names) == partition.device_names(cfg)
+    before = dm.top_k(["see", "you", "at", "the"])[1]
+    tokens, targets = dm.batches(["see you at the station"] * 16)[0]
+    losses = [dm.train_step(tokens, targets, 3e-2) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    assert not np.allclose(dm.top_k(["see", "you", "at", "the"])[1], before)
