@@ -72,6 +72,15 @@ class DeviceModel:
             self.train_shape = tuple(inputs["tokens"]["shape"])
         self.train_steps = 0
 
+    def reset(self, device_part: dict[str, np.ndarray]) -> None:
+        """Start over from `device_part` with a fresh optimiser (a new global version)."""
+        missing = set(self.names) - device_part.keys()
+        if missing:
+            raise ModelFileError(f"device part lacks {sorted(missing)} that the model needs")
+        self.device = {k: np.asarray(device_part[k], np.float32) for k in self.names}
+        self.opt_state = self._zero_state()
+        self.train_steps = 0
+
     def _zero_state(self) -> dict[str, np.ndarray]:
         st = {f"{p}.{k}": np.zeros_like(v) for p in ("mu", "nu") for k, v in self.device.items()}
         st["count"] = np.zeros((), np.float32)
@@ -149,29 +158,41 @@ class DeviceModel:
         return loss
 
     # -- persistence ------------------------------------------------------------------------
-    def save_state(self, path: Path) -> None:
-        """Device part + Adam state in one npz, written atomically."""
+    def state_bytes(self) -> bytes:
+        """Device part + Adam state as one npz (no pickle)."""
         buf = io.BytesIO()
         arrays = {f"device.{k}": v for k, v in self.device.items()}
         arrays.update({f"opt.{k}": v for k, v in self.opt_state.items()})
         meta = json.dumps({"train_steps": self.train_steps}).encode()
         np.savez(buf, __meta__=np.frombuffer(meta, np.uint8), **arrays)
-        atomic_write_bytes(Path(path), buf.getvalue())
+        return buf.getvalue()
 
-    def load_state(self, path: Path) -> None:
-        """Restore what `save_state` wrote; a mismatch with this model raises, changing nothing."""
+    def load_state_bytes(self, payload: bytes, source: str = "device state") -> None:
+        """Restore what `state_bytes` made; a mismatch with this model raises, changing nothing."""
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ModelFileError(f"device state {path} is unreadable: {e}") from e
+            meta = json.loads(arrays["__meta__"].tobytes())
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFileError(f"{source} is unreadable: {e}") from e
         device = {k[7:]: v for k, v in arrays.items() if k.startswith("device.")}
         opt = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
         for k, v in self.device.items():
             if k not in device or device[k].shape != v.shape:
-                raise ModelFileError(f"device state {path}: {k} missing or wrong shape")
+                raise ModelFileError(f"{source}: {k} missing or wrong shape")
         if opt.keys() != self.opt_state.keys():
-            raise ModelFileError(f"device state {path}: optimiser state does not match model")
+            raise ModelFileError(f"{source}: optimiser state does not match model")
         self.device = {k: device[k].astype(np.float32) for k in self.names}
         self.opt_state = {k: v.astype(np.float32) for k, v in opt.items()}
-        self.train_steps = json.loads(arrays["__meta__"].tobytes())["train_steps"]
+        self.train_steps = meta["train_steps"]
+
+    def save_state(self, path: Path) -> None:
+        """`state_bytes`, written atomically."""
+        atomic_write_bytes(Path(path), self.state_bytes())
+
+    def load_state(self, path: Path) -> None:
+        try:
+            payload = Path(path).read_bytes()
+        except OSError as e:
+            raise ModelFileError(f"device state {path} is unreadable: {e}") from e
+        self.load_state_bytes(payload, f"device state {path}")

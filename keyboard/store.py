@@ -19,7 +19,15 @@ from Crypto.Random import get_random_bytes
 
 from model.checkpoint import atomic_write_bytes
 
-__all__ = ["StoreError", "StoreCorruptError", "seal", "open_sealed", "SealedDocument"]
+__all__ = [
+    "StoreError",
+    "StoreCorruptError",
+    "seal_bytes",
+    "open_bytes",
+    "seal",
+    "open_sealed",
+    "SealedDocument",
+]
 
 MAGIC = b"SOTTOST1"
 NONCE_LEN, TAG_LEN, KEY_LEN = 12, 16, 32
@@ -33,19 +41,19 @@ class StoreCorruptError(StoreError):
     """The store file exists but is truncated, tampered with, or sealed under another key."""
 
 
-def seal(document: Any, key: bytes, name: str) -> bytes:
-    """Encrypt and authenticate a JSON-serialisable `document` named `name`."""
+def seal_bytes(payload: bytes, key: bytes, name: str) -> bytes:
+    """Encrypt and authenticate `payload` under the document name `name`."""
     if len(key) != KEY_LEN:
         raise StoreError(f"store key must be {KEY_LEN} bytes, got {len(key)}")
     nonce = get_random_bytes(NONCE_LEN)
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_LEN)
     cipher.update(MAGIC + name.encode())
-    ct, tag = cipher.encrypt_and_digest(json.dumps(document, separators=(",", ":")).encode())
+    ct, tag = cipher.encrypt_and_digest(payload)
     return MAGIC + nonce + tag + ct
 
 
-def open_sealed(blob: bytes, key: bytes, name: str, source: str = "store") -> Any:
-    """The document `seal` wrote; `StoreCorruptError` saying what is wrong otherwise."""
+def open_bytes(blob: bytes, key: bytes, name: str, source: str = "store") -> bytes:
+    """The payload `seal_bytes` sealed; `StoreCorruptError` saying what is wrong otherwise."""
     header = len(MAGIC) + NONCE_LEN + TAG_LEN
     if len(blob) < header:
         raise StoreCorruptError(f"{source}: truncated ({len(blob)} bytes, header is {header})")
@@ -56,12 +64,21 @@ def open_sealed(blob: bytes, key: bytes, name: str, source: str = "store") -> An
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_LEN)
     cipher.update(MAGIC + name.encode())
     try:
-        plain = cipher.decrypt_and_verify(blob[header:], tag)
+        return cipher.decrypt_and_verify(blob[header:], tag)
     except ValueError as e:
         raise StoreCorruptError(
             f"{source}: authentication failed (tampered, truncated, or another key)"
         ) from e
-    return json.loads(plain)
+
+
+def seal(document: Any, key: bytes, name: str) -> bytes:
+    """`seal_bytes` of a JSON-serialisable document."""
+    return seal_bytes(json.dumps(document, separators=(",", ":")).encode(), key, name)
+
+
+def open_sealed(blob: bytes, key: bytes, name: str, source: str = "store") -> Any:
+    """The document `seal` wrote."""
+    return json.loads(open_bytes(blob, key, name, source))
 
 
 class SealedDocument:
