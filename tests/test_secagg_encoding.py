@@ -75,7 +75,9 @@ def test_pack_layout_is_fixed():
     # 18 = 16 + 2: a little-endian uint16 plane, then 2-bit values four to a byte.
     v = np.array([0x3FFFF, 0x10001, 0x20002, 5, 0], np.uint32)
     buf = packing.pack(v, 18)
-    assert buf == bytes.fromhex("ffff 0100 0200 0500 0000".replace(" ", "")) + bytes([0b00100111, 0])
+    assert buf == bytes.fromhex("ffff 0100 0200 0500 0000".replace(" ", "")) + bytes(
+        [0b00100111, 0]
+    )
 
 
 def test_unpack_add_accumulates_mod_2_width():
