@@ -178,17 +178,18 @@ def share_keys(state: ClientState, advert_set: bytes) -> tuple[ClientState, byte
     k_shares = shamir.split(state.mask_sk, xs, p.threshold)
     b_shares = shamir.split(state.b_seed, xs, p.threshold)
     entries = []
+    enc_key = crypto.x25519_key(state.enc_sk)
     for v, (_, ks), (_, bs) in zip(order, k_shares, b_shares, strict=True):
-        key = crypto.agree(state.enc_sk, peers[v][0], p.round_id, b"share", u, v)
+        key = crypto.agree(enc_key, peers[v][0], p.round_id, b"share", u, v)
         plain = u.to_bytes(4, "little") + v.to_bytes(4, "little") + ks + bs
         entries.append((v, crypto.aead_encrypt(key, plain, _share_aad(p.round_id, u, v))))
     new = dataclasses.replace(state, stage=ClientStage.SHARED, peers=peers)
     return new, _send(state, wire.Shares(tuple(entries)))
 
 
-def _mask_seed(state: ClientState, v: int) -> bytes:
+def _mask_seed(state: ClientState, key: object, v: int) -> bytes:
     a, b = min(state.client_id, v), max(state.client_id, v)
-    return crypto.agree(state.mask_sk, state.peers[v][1], state.params.round_id, b"mask", a, b)
+    return crypto.agree(key, state.peers[v][1], state.params.round_id, b"mask", a, b)
 
 
 def masked_input(
@@ -211,6 +212,7 @@ def masked_input(
         raise InputError(f"client {u}: encoded input has values >= 2^{spec.value_bits}")
     body: wire.RoutedShares = _decode(state, routed_shares, wire.MsgType.ROUTED_SHARES)
     held: dict[int, tuple[bytes, bytes]] = {}
+    enc_key = crypto.x25519_key(state.enc_sk)
     for sender, receiver, ct in body.entries:
         if receiver != u:
             raise ProtocolError(
@@ -218,7 +220,7 @@ def masked_input(
             )
         if sender not in state.peers or sender in held:
             raise ProtocolError(f"client {u}: unexpected or repeated share from client {sender}")
-        key = crypto.agree(state.enc_sk, state.peers[sender][0], p.round_id, b"share", sender, u)
+        key = crypto.agree(enc_key, state.peers[sender][0], p.round_id, b"share", sender, u)
         try:
             plain = crypto.aead_decrypt(key, ct, _share_aad(p.round_id, sender, u))
         except CryptoError as e:
@@ -232,7 +234,8 @@ def masked_input(
             f"threshold {p.threshold}"
         )
     masked = enc.copy()
-    seeds = {v: _mask_seed(state, v) for v in held}
+    mask_key = crypto.x25519_key(state.mask_sk)
+    seeds = {v: _mask_seed(state, mask_key, v) for v in held}
     crypto.apply_masks(
         masked,
         plus=[state.b_seed] + [s for v, s in seeds.items() if u < v],
@@ -264,10 +267,12 @@ def unmasking(state: ClientState, request: bytes) -> tuple[ClientState, bytes]:
     body: wire.UnmaskRequest = _decode(state, request, wire.MsgType.UNMASK_REQUEST)
     survivors = set(state.survivors)
     signed = wire.ConsistencyRequest(state.survivors).signed_bytes(p.round_id)
-    good = set()
+    good: set[int] = set()
     for v, sig in body.signatures:
         if v not in state.peer_identities or v not in survivors:
             raise ProtocolError(f"client {u}: Unmasking carries a signature of non-neighbour {v}")
+        if len(good) >= p.threshold or v in good:
+            continue  # t matching views suffice (Bonawitz et al. 2017, ConsistencyCheck)
         if not crypto.verify(state.peer_identities[v], signed, sig):
             raise CryptoError(
                 f"client {u}: neighbour {v} did not sign the same survivor set (inconsistent view)"

@@ -30,6 +30,7 @@ __all__ = [
     "new_x25519",
     "x25519_public",
     "agree",
+    "x25519_key",
     "new_identity",
     "identity_public",
     "sign",
@@ -44,7 +45,7 @@ __all__ = [
 
 KeyPair = tuple[bytes, bytes]  # (private 32 bytes, public 32 bytes), raw encodings
 AEAD_OVERHEAD = 12 + 16  # nonce + tag
-_CHUNK_BYTES = 1 << 17  # mask work in L2-sized chunks so keystream is added while still cached
+_CHUNK_BYTES = 1 << 18  # mask work in L2-sized chunks so keystream is added while still cached
 
 
 def random_bytes(n: int) -> bytes:
@@ -63,15 +64,22 @@ def x25519_public(private: bytes) -> bytes:
 
 
 def agree(
-    private: bytes, peer_public: bytes, round_id: bytes, purpose: bytes, a: int, b: int
+    private: bytes | ECC.EccKey,
+    peer_public: bytes,
+    round_id: bytes,
+    purpose: bytes,
+    a: int,
+    b: int,
 ) -> bytes:
     """A 32-byte key shared by a and b: X25519 then HKDF bound to (round, purpose, a, b).
 
     For masks the caller orders the pair (min, max) so both ends derive the same seed; for
-    share encryption the pair is (sender, receiver), one key per direction.
+    share encryption the pair is (sender, receiver), one key per direction. Pass the private
+    key as `x25519_key(raw)` when agreeing with many peers: importing a raw private key costs a
+    scalar multiplication (it derives the public key), as much as the agreement itself.
     """
     try:
-        priv = DH.import_x25519_private_key(private)
+        priv = x25519_key(private) if isinstance(private, bytes) else private
         pub = DH.import_x25519_public_key(peer_public)
     except ValueError as e:
         raise CryptoError(f"invalid X25519 key for pair ({a}, {b}): {e}") from e
@@ -84,6 +92,11 @@ def agree(
         )
     except ValueError as e:  # e.g. a low-order public key giving an all-zero secret
         raise CryptoError(f"X25519 agreement failed for pair ({a}, {b}): {e}") from e
+
+
+def x25519_key(private: bytes) -> ECC.EccKey:
+    """The key object of a raw X25519 private key (import once, agree many times)."""
+    return DH.import_x25519_private_key(private)
 
 
 def new_identity() -> KeyPair:

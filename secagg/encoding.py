@@ -139,13 +139,25 @@ def unrotate(y: np.ndarray, seed: int, dim: int) -> np.ndarray:
     return (_fwht(y) * _signs(seed, y.size).astype(y.dtype))[:dim]
 
 
-def quantize(x: np.ndarray, bound: float, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """Stochastic rounding of clip(x, -B, B) onto the grid {0..2^b-1}; E[q] is exact (unbiased)."""
+def quantize(
+    x: np.ndarray, bound: float, bits: int, rng: np.random.Generator, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stochastic rounding of clip(x, -B, B) onto the grid {0..2^b-1}; E[q] is exact (unbiased).
+
+    Writes into `out` (any unsigned dtype) if given; works in place on one float buffer.
+    """
     levels = (1 << bits) - 1
-    u = (np.clip(x, -bound, bound) + np.float32(bound)) * np.float32(levels / (2 * bound))
+    u = np.clip(x, -bound, bound).astype(np.float32, copy=False)
+    u += np.float32(bound)
+    u *= np.float32(levels / (2 * bound))
     q = np.floor(u)
-    q += rng.random(x.size, dtype=np.float32) < (u - q)
-    return np.minimum(q, levels).astype(np.uint32)
+    u -= q  # fractional part: round up with exactly this probability
+    q += rng.random(x.size, dtype=np.float32) < u
+    np.minimum(q, levels, out=q)
+    if out is None:
+        return q.astype(np.uint32)
+    out[...] = q
+    return out
 
 
 def encode(
@@ -174,7 +186,7 @@ def encode(
     if spec.rotation_seed is not None:
         v = rotate(v, spec.rotation_seed, spec.padded_dim)
     out = np.empty(spec.length, dtype=spec.dtype)
-    out[: spec.padded_dim] = quantize(v, spec.bound, spec.value_bits, rng)
+    quantize(v, spec.bound, spec.value_bits, rng, out=out[: spec.padded_dim])
     mask = (1 << spec.value_bits) - 1
     limbs = [
         (int(c) >> (spec.value_bits * j)) & mask for c in extra_ints for j in range(spec.limbs)

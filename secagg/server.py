@@ -374,12 +374,13 @@ def finish(state: ServerState) -> tuple[ServerState, AggregateResult]:
         ]
         plus, minus = [], []  # pairwise masks to remove: the opposite of what survivors added
         for v in dropped:
-            sk = shamir.recover(
+            sk_raw = shamir.recover(
                 key_shares.get(v, []),
                 t,
                 lambda s, v=v: crypto.x25519_public(s) == state.adverts[v].mask_pk,
                 f"mask key of dropped client {v}",
             )
+            sk = crypto.x25519_key(sk_raw)
             for w in p.neighbours[v]:
                 if w in survivors:
                     a, b = min(v, w), max(v, w)

@@ -107,7 +107,7 @@ class RoutedShares:
 class MaskedInput:
     width: int
     length: int
-    payload: bytes  # packing.pack(masked, width)
+    payload: bytes | memoryview  # packing.pack(masked, width)
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,11 @@ class _Reader:
         self.pos += n
         return out
 
+    def rest(self) -> memoryview:
+        out = self.buf[self.pos :]
+        self.pos = len(self.buf)
+        return out
+
     def u32(self) -> int:
         return struct.unpack("<I", self.take(4))[0]
 
@@ -285,7 +290,7 @@ def decode(
             )
         case MsgType.MASKED_INPUT:
             width, length = struct.unpack("<BI", r.take(5))
-            body = MaskedInput(width, length, r.take(len(buf) - r.pos))
+            body = MaskedInput(width, length, r.rest())  # zero-copy view of the payload
         case MsgType.CONSISTENCY_REQUEST:
             body = ConsistencyRequest(r.ids(limit))
         case MsgType.CONSISTENCY_SIGNATURE:
