@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -86,6 +87,16 @@ class ServerState:
     requests: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     acc: np.ndarray | None = None  # running sum of masked vectors (mod 2^width); never one input
     aborted: str = ""
+
+    @functools.cached_property
+    def routed(self) -> frozenset[int]:
+        return frozenset(self.shared)
+
+    @functools.cached_property
+    def signers_wanted(self) -> dict[int, bytes]:
+        """What each survivor must sign at ConsistencyCheck (the same bytes for all)."""
+        signed = wire.ConsistencyRequest(self.survivors).signed_bytes(self.params.round_id)
+        return dict.fromkeys(self.survivors, signed)
 
     # -- serialisation ------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -174,8 +185,14 @@ def receive(state: ServerState, message: bytes) -> ServerState:
     """Validate one client message for the current stage and fold it into a new state.
 
     Raises ProtocolError (wrong stage, round, sender or content), WireError (bad bytes) or
-    CryptoError (bad signature); the given state is then unchanged and usable.
+    CryptoError (bad signature); the given state is then unchanged and usable. On success use
+    the returned state from then on: for speed the masked-sum accumulator is shared between
+    the two and updated in place.
     """
+    return _receive(state, message, copy=True)
+
+
+def _receive(state: ServerState, message: bytes, copy: bool) -> ServerState:
     if state.stage not in _COLLECTS:
         raise ProtocolError(f"server in stage {state.stage.value} accepts no client messages")
     p = state.params
@@ -188,15 +205,15 @@ def receive(state: ServerState, message: bytes) -> ServerState:
         )
     h, body = wire.decode(message, expected, p.round_id, p.max_message_bytes(), len(p.cohort))
     u = h.sender
-    if h.receiver != wire.SERVER or u not in p.cohort:
+    if h.receiver != wire.SERVER or u not in state.identities:
         raise ProtocolError(f"{expected.name} from {u} to {h.receiver}: not a cohort member")
     if u in state.inbox:
         raise ProtocolError(f"{expected.name} from client {u}: duplicate message")
     allowed = {
-        ServerStage.ADVERTISE: p.cohort,
+        ServerStage.ADVERTISE: state.identities,
         ServerStage.SHARE_KEYS: state.adverts,
-        ServerStage.MASKED_INPUT: state.shared,
-        ServerStage.CONSISTENCY: state.survivors,
+        ServerStage.MASKED_INPUT: state.routed,
+        ServerStage.CONSISTENCY: state.signers_wanted,
         ServerStage.UNMASKING: state.requests,
     }[state.stage]
     if u not in allowed:
@@ -208,9 +225,6 @@ def receive(state: ServerState, message: bytes) -> ServerState:
             raise ProtocolError(f"advert from client {u} names client {body.client}")
         if not crypto.verify(state.identities[u], body.signed_bytes(p.round_id), body.signature):
             raise CryptoError(f"advert of client {u} has a bad signature (forged or replayed)")
-        return dataclasses.replace(
-            state, adverts={**state.adverts, u: body}, inbox={**state.inbox, u: None}
-        )
     if isinstance(body, wire.Shares):
         want = {v for v in nb if v in state.adverts}
         got = [r for r, _ in body.entries]
@@ -236,19 +250,28 @@ def receive(state: ServerState, message: bytes) -> ServerState:
         packing.unpack_add(acc, body.payload, spec.width)
         body = None
     elif isinstance(body, wire.ConsistencySignature):
-        signed = wire.ConsistencyRequest(state.survivors).signed_bytes(p.round_id)
-        if not crypto.verify(state.identities[u], signed, body.signature):
+        if not crypto.verify(state.identities[u], state.signers_wanted[u], body.signature):
             raise CryptoError(f"consistency signature of client {u} does not verify")
-        return dataclasses.replace(
-            state, signers={**state.signers, u: body.signature}, inbox={**state.inbox, u: None}
-        )
     elif isinstance(body, wire.UnmaskShares):
         smp, kp = state.requests[u]
         want = {(v, wire.SELF_MASK) for v in smp} | {(v, wire.KEY_SHARE) for v in kp}
         got = [(v, k) for v, k, _ in body.entries]
         if len(set(got)) != len(got) or set(got) != want:
             raise ProtocolError(f"unmask shares from client {u} do not match what was requested")
-    return dataclasses.replace(state, inbox={**state.inbox, u: body}, acc=acc)
+    if copy:
+        state = dataclasses.replace(
+            state, inbox=dict(state.inbox), adverts=dict(state.adverts), signers=dict(state.signers)
+        )
+    if acc is not state.acc:
+        state = dataclasses.replace(state, acc=acc)
+    if isinstance(body, wire.Advert):
+        state.adverts[u] = body
+        body = None
+    elif isinstance(body, wire.ConsistencySignature):
+        state.signers[u] = body.signature
+        body = None
+    state.inbox[u] = body
+    return state
 
 
 # -- closing a stage --------------------------------------------------------------------
@@ -407,8 +430,11 @@ def _batch(
         raise ProtocolError(
             f"server stage function for {stage.value} called in stage {state.stage.value}"
         )
+    state = dataclasses.replace(
+        state, inbox=dict(state.inbox), adverts=dict(state.adverts), signers=dict(state.signers)
+    )
     for m in msgs.values() if isinstance(msgs, Mapping) else msgs:
-        state = receive(state, m)
+        state = _receive(state, m, copy=False)
     return state
 
 

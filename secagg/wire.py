@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
+
 from secagg.crypto import AEAD_OVERHEAD
 from secagg.errors import ProtocolError, WireError
 from secagg.shamir import SHARE_BYTES
@@ -115,7 +117,7 @@ class ConsistencyRequest:
     survivors: tuple[int, ...]  # sorted ids that sent masked inputs
 
     def signed_bytes(self, round_id: bytes) -> bytes:
-        return b"secagg/consistency" + round_id + b"".join(_u32(u) for u in self.survivors)
+        return b"secagg/consistency" + round_id + np.asarray(self.survivors, "<u4").tobytes()
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def _u32(x: int) -> bytes:
 
 
 def _ids(ids: tuple[int, ...]) -> bytes:
-    return _u32(len(ids)) + b"".join(_u32(i) for i in ids)
+    return _u32(len(ids)) + np.asarray(ids, "<u4").tobytes()
 
 
 def encode(body: Body, round_id: bytes, sender: int, receiver: int) -> bytes:
