@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from Crypto.Cipher import AES
@@ -150,14 +151,20 @@ def commit(round_id: bytes, client: int, secret: bytes) -> bytes:
 
 
 def apply_masks(
-    acc: np.ndarray, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (), start: int = 0
+    acc: np.ndarray,
+    plus: Sequence[bytes] = (),
+    minus: Sequence[bytes] = (),
+    start: int = 0,
+    workers: int = 1,
 ) -> None:
     """acc += sum PRG(plus) - sum PRG(minus), wrapping mod 2^(8 * itemsize), in place.
 
     PRG(seed) is the AES-256-CTR keystream under `seed` read as little-endian unsigned integers
     of acc's dtype; `start` is the index of acc[0] in the full vector (AES-CTR has random
     access, so unmasking can be split by coordinate range). Work proceeds in cache-sized chunks,
-    every cipher continuing its stream, so the additions read keystream from cache.
+    every cipher continuing its stream, so the additions read keystream from cache. With
+    workers > 1 the vector is split by coordinate range across threads (pycryptodome and numpy
+    release the GIL), the same split a multi-process coordinator would use.
     """
     if acc.dtype not in (np.uint16, np.uint32, np.uint64) or not acc.flags.c_contiguous:
         raise TypeError(f"acc must be a contiguous uint16/32/64 array, got {acc.dtype}")
@@ -168,6 +175,21 @@ def apply_masks(
     seeds = [(s, 1) for s in plus] + [(s, -1) for s in minus]
     if not seeds or acc.size == 0:
         return
+    if workers > 1 and acc.size >= 1 << 16:
+        block = 16 // size
+        step = -(-acc.size // workers // block) * block  # aligned to whole AES blocks
+        parts = [(lo, acc[lo : lo + step]) for lo in range(0, acc.size, step)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            jobs = [pool.submit(_apply, part, seeds, start + lo) for lo, part in parts]
+            for job in jobs:
+                job.result()
+        return
+    _apply(acc, seeds, start)
+
+
+def _apply(acc: np.ndarray, seeds: list[tuple[bytes, int]], start: int) -> None:
+    size = acc.dtype.itemsize
+    first = start * size
     ciphers = [
         (AES.new(s, AES.MODE_CTR, nonce=b"", initial_value=first // 16), sign_)
         for s, sign_ in seeds

@@ -371,8 +371,11 @@ def _close_consistency(state: ServerState) -> tuple[ServerState, dict[int, bytes
     return new, out
 
 
-def finish(state: ServerState) -> tuple[ServerState, AggregateResult]:
-    """Close Unmasking: reconstruct and verify secrets, remove all masks, decode the sum."""
+def finish(state: ServerState, workers: int = 1) -> tuple[ServerState, AggregateResult]:
+    """Close Unmasking: reconstruct and verify secrets, remove all masks, decode the sum.
+
+    workers > 1 regenerates the masks in that many threads, split by coordinate range.
+    """
     if state.stage != ServerStage.UNMASKING:
         raise ProtocolError(f"server cannot finish in stage {state.stage.value}")
     p = state.params
@@ -413,7 +416,7 @@ def finish(state: ServerState) -> tuple[ServerState, AggregateResult]:
         raise _aborted(state, _abort(state, str(e))) from e
     spec = p.spec
     total = state.acc.copy()
-    crypto.apply_masks(total, plus=plus, minus=b_seeds + minus)
+    crypto.apply_masks(total, plus=plus, minus=b_seeds + minus, workers=workers)
     total &= spec.dtype.type((1 << spec.width) - 1)
     vec, counters = encoding.decode(total, spec, len(state.survivors))
     result = AggregateResult(total, vec, counters, state.survivors)
@@ -463,6 +466,6 @@ def consistency_check(
 
 
 def unmasking(
-    state: ServerState, msgs: Mapping[int, bytes] | list[bytes]
+    state: ServerState, msgs: Mapping[int, bytes] | list[bytes], workers: int = 1
 ) -> tuple[ServerState, AggregateResult]:
-    return finish(_batch(state, ServerStage.UNMASKING, msgs))
+    return finish(_batch(state, ServerStage.UNMASKING, msgs), workers)

@@ -81,6 +81,15 @@ def test_masks_cancel_and_match_keystream(dtype):
         crypto.apply_masks(part, plus=[s1], start=3)
 
 
+def test_threaded_masks_equal_single_threaded():
+    seeds = [crypto.random_bytes(32) for _ in range(5)]
+    a = np.zeros(200_003, np.uint32)
+    b = np.zeros(200_003, np.uint32)
+    crypto.apply_masks(a, plus=seeds[:3], minus=seeds[3:])
+    crypto.apply_masks(b, plus=seeds[:3], minus=seeds[3:], workers=3)
+    assert a.any() and np.array_equal(a, b)
+
+
 def test_prime_is_the_smallest_above_2_256():
     assert isPrime(shamir.PRIME)
     assert not any(isPrime((1 << 256) + i) for i in range(1, 297, 2))
