@@ -455,3 +455,30 @@ def test_client_refuses_to_reveal_both_shares_of_one_peer():
     )
     with pytest.raises(CryptoError, match="inconsistent view"):
         client.unmasking(r.c[u], wire.encode(forged, r.p.round_id, wire.SERVER, u))
+
+
+def test_round_with_random_rotation_decodes_the_sum():
+    cfg = _cfg(rotate=True, value_bits=10)
+    p = new_round(cfg, "rot", IDS, DIM, rotation_seed=1234)
+    assert p.spec.padded_dim == 64
+    rng = np.random.default_rng(2)
+    xs = {u: rng.standard_normal(DIM).astype(np.float32) * 0.05 for u in IDS}
+    rep = simulate.run_round(p, lambda u: (xs[u], [u, 0]), simulate.Dropouts())
+    assert np.array_equal(rep.result.field_sum.astype(np.uint64), rep.expected_field_sum)
+    truth = sum(encoding.clip(xs[u], 1.0).astype(np.float64) for u in IDS)
+    assert rep.result.vector_sum.shape == (DIM,)
+    assert np.abs(rep.result.vector_sum - truth).max() < 0.05
+
+
+@pytest.mark.slow
+def test_larger_sparse_round_with_realistic_dropouts_is_exact():
+    ids = list(range(200))
+    cfg = SecAggConfig(max_cohort=256, expected_dropout=0.15, num_counters=3)
+    p = new_round(cfg, "big", ids, 20_000)
+    assert p.degree < len(ids) - 1  # sparse
+    base = np.random.default_rng(0).standard_normal(20_000).astype(np.float32) * 0.003
+    drops = simulate.Dropouts.fractions(ids, np.random.default_rng(3), 0.10, 0.05)
+    rep = simulate.run_round(p, lambda u: (base * (1 + u % 3), [u, 1, 2]), drops)
+    assert rep.result.num_contributors == 180
+    assert np.array_equal(rep.result.field_sum.astype(np.uint64), rep.expected_field_sum)
+    assert rep.result.counters[0] == sum(rep.result.contributors)
