@@ -15,6 +15,7 @@ work). Reported per row:
   overhead_ratio         (client_ms + all server ms) / (plain_client_ms + plain_sum_ms): a round's
                          critical path with devices working in parallel, protected vs plain
   server_overhead_ratio  (server_aggregate_ms + server_unmask_ms) / plain_sum_ms
+  total_cpu_ratio        all clients' + server time / the plain round's (a one-machine simulation)
 Anchor rows (degree 10, as the prototype in notes/secagg.md) are added for N = 1000, D = 1M.
 Writes bench/results/secagg.json.
 
@@ -55,8 +56,8 @@ def _inputs(dim: int, n: int):
     return fn
 
 
-def _plain(dim: int, contributors, inputs, clip_norm: float) -> tuple[float, float]:
-    """The same survivors' updates summed without protection: (client ms median, server ms)."""
+def _plain(dim: int, contributors, inputs, clip_norm: float) -> tuple[list[float], float]:
+    """The same survivors' updates summed without protection: (client ms each, server ms)."""
     acc = np.zeros(dim, np.float32)
     client_ms, server_ms = [], 0.0
     for u in contributors:
@@ -67,7 +68,7 @@ def _plain(dim: int, contributors, inputs, clip_norm: float) -> tuple[float, flo
         t = time.perf_counter()
         np.add(acc, np.frombuffer(payload, np.float32), out=acc)
         server_ms += (time.perf_counter() - t) * 1e3
-    return statistics.median(client_ms), server_ms
+    return client_ms, server_ms
 
 
 def run_row(n: int, dim: int, dropout: tuple[float, float] | None, degree: int | None = None):
@@ -97,7 +98,8 @@ def run_row(n: int, dim: int, dropout: tuple[float, float] | None, degree: int |
     res = rep.result
     assert np.array_equal(res.field_sum, rep.expected_field_sum.astype(res.field_sum.dtype))
     senders = [u for u in params.cohort if u in rep.mask_ms]
-    plain_client, plain_sum = _plain(dim, res.contributors, inputs, cfg.clip_norm)
+    plain_clients, plain_sum = _plain(dim, res.contributors, inputs, cfg.clip_norm)
+    plain_client = statistics.median(plain_clients)
     client_ms = statistics.median(rep.client_ms[u] for u in senders)
     sm = rep.server_ms
     other = sm["advertise_keys"] + sm["share_keys"] + sm["consistency_check"]
@@ -118,6 +120,9 @@ def run_row(n: int, dim: int, dropout: tuple[float, float] | None, degree: int |
         plain_sum_ms=round(plain_sum, 1),
         overhead_ratio=round(protected / (plain_client + plain_sum), 2),
         server_overhead_ratio=round((sm["masked_input"] + sm["unmasking"]) / plain_sum, 2),
+        total_cpu_ratio=round(
+            (sum(rep.client_ms.values()) + sum(sm.values())) / (sum(plain_clients) + plain_sum), 2
+        ),
         round_wall_s=round(wall, 1),
         exact=True,
     )

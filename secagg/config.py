@@ -55,6 +55,8 @@ class SecAggConfig:
             raise ValueError(f"max_cohort must be in [2, 2^20), got {self.max_cohort}")
         if not 1 <= self.value_bits <= 16:
             raise ValueError(f"value_bits must be in [1, 16], got {self.value_bits}")
+        if self.value_bits + (self.max_cohort - 1).bit_length() > 32:
+            raise ValueError("value_bits + ceil(log2 max_cohort) must be <= 32 (the field width)")
         if not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
         if not 0 <= self.expected_dropout < 0.5:

@@ -34,10 +34,19 @@ __all__ = [
 ]
 
 
-def field_width(value_bits: int, max_cohort: int) -> int:
-    """Bits of the field Z_{2^width}: b + ceil(log2 max_cohort), checked to hold the max sum."""
-    width = value_bits + math.ceil(math.log2(max_cohort))
-    assert max_cohort * ((1 << value_bits) - 1) < 1 << width, "field would overflow"
+def field_width(value_bits: int, cohort_size: int) -> int:
+    """Bits of the field Z_{2^width}: b + ceil(log2 n), checked to hold the largest sum.
+
+    Every encoded element is at most 2^b - 1, so n of them sum to at most n (2^b - 1), which
+    must be < 2^width or the masked sum would silently wrap (a pitfall seen elsewhere, notes).
+    """
+    if cohort_size < 1 or not 1 <= value_bits <= 16:
+        raise InputError(f"bad field parameters: {value_bits} bits, cohort {cohort_size}")
+    width = value_bits + math.ceil(math.log2(cohort_size))
+    if cohort_size * ((1 << value_bits) - 1) >= 1 << width:  # cannot happen; checked anyway
+        raise InputError(f"a {width}-bit field would overflow for {cohort_size} clients")
+    if width > 32:
+        raise InputError(f"field of {width} bits exceeds 32: fewer value bits or a smaller cohort")
     return width
 
 
@@ -75,8 +84,20 @@ class EncodingSpec:
         return packing.packed_size(self.length, self.width)
 
 
-def make_spec(config: SecAggConfig, dim: int, rotation_seed: int | None = None) -> EncodingSpec:
-    """The round's encoding; pass a public rotation_seed iff config.rotate."""
+def make_spec(
+    config: SecAggConfig,
+    dim: int,
+    rotation_seed: int | None = None,
+    cohort_size: int | None = None,
+) -> EncodingSpec:
+    """The round's encoding; pass a public rotation_seed iff config.rotate.
+
+    The field is sized for `cohort_size` (the round's actual cohort; all parties know it) or,
+    if not given, for config.max_cohort.
+    """
+    n = config.max_cohort if cohort_size is None else cohort_size
+    if not 1 <= n <= config.max_cohort:
+        raise InputError(f"cohort size {n} must be in [1, max_cohort={config.max_cohort}]")
     if not 1 <= dim <= config.max_dim:
         raise InputError(f"dim must be in [1, {config.max_dim}], got {dim}")
     if config.rotate != (rotation_seed is not None):
@@ -84,7 +105,7 @@ def make_spec(config: SecAggConfig, dim: int, rotation_seed: int | None = None) 
     spec = EncodingSpec(
         dim=dim,
         value_bits=config.value_bits,
-        width=field_width(config.value_bits, config.max_cohort),
+        width=field_width(config.value_bits, n),
         bound=0.0,
         clip_norm=config.clip_norm,
         rotation_seed=rotation_seed,

@@ -41,7 +41,7 @@ class RoundParams:
 
     @functools.cached_property
     def spec(self) -> encoding.EncodingSpec:
-        return encoding.make_spec(self.config, self.dim, self.rotation_seed)
+        return encoding.make_spec(self.config, self.dim, self.rotation_seed, len(self.cohort))
 
     def max_message_bytes(self) -> int:
         """Upper bound on any message of this round (the masked input dominates)."""

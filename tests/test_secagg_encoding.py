@@ -13,6 +13,10 @@ from secagg.errors import InputError
 
 @given(bits=st.integers(1, 16), n=st.integers(2, (1 << 20) - 1))
 def test_field_never_overflows_for_the_maximum_cohort(bits, n):
+    if bits + math.ceil(math.log2(n)) > 32:
+        with pytest.raises(InputError, match="exceeds 32"):
+            encoding.field_width(bits, n)
+        return
     w = encoding.field_width(bits, n)
     assert w == bits + math.ceil(math.log2(n))
     assert n * ((1 << bits) - 1) < 1 << w  # the largest possible sum fits
@@ -51,6 +55,14 @@ def test_maximal_round_sum_decodes_exactly(max_cohort, bits, seed):
     assert counters == ((2**20 - 1) * max_cohort,)
     q = enc[:5].astype(np.float64) * (2 * spec.bound / ((1 << bits) - 1)) - spec.bound
     np.testing.assert_allclose(vec, q * max_cohort, rtol=1e-9, atol=1e-9)
+
+
+def test_field_is_sized_for_the_rounds_cohort():
+    cfg = SecAggConfig.default()
+    assert encoding.make_spec(cfg, 10, cohort_size=100).width == 15
+    assert encoding.make_spec(cfg, 10, cohort_size=1000).width == 18
+    with pytest.raises(InputError, match="max_cohort"):
+        encoding.make_spec(cfg, 10, cohort_size=1001)
 
 
 def test_default_field_is_18_bits_and_packs_to_2_25_bytes():
