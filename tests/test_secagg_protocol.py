@@ -482,3 +482,25 @@ def test_larger_sparse_round_with_realistic_dropouts_is_exact():
     assert rep.result.num_contributors == 180
     assert np.array_equal(rep.result.field_sum.astype(np.uint64), rep.expected_field_sum)
     assert rep.result.counters[0] == sum(rep.result.contributors)
+
+
+def test_server_refuses_shares_for_non_neighbours_and_unrequested_unmask_shares():
+    r = Round()
+    r.advertise()
+    u = IDS[0]
+    stranger = next(v for v in IDS if v != u and v not in r.p.neighbours[u])
+    _, shares = client.share_keys(r.c[u], r.out[u])
+    _, body = wire.decode(shares, wire.MsgType.SHARES, r.p.round_id, 10**6)
+    bad = wire.Shares(body.entries[:-1] + ((stranger, body.entries[-1][1]),))
+    with pytest.raises(ProtocolError, match="expected its live neighbours"):
+        server.receive(r.s, wire.encode(bad, r.p.round_id, u, wire.SERVER))
+    r.share()
+    r.masked()
+    r.consistency()
+    _, reply = client.unmasking(r.c[u], r.out[u])
+    _, body = wire.decode(reply, wire.MsgType.UNMASK_SHARES, r.p.round_id, 10**6)
+    peer, _, share = body.entries[0]
+    extra = wire.UnmaskShares(body.entries + ((peer, wire.KEY_SHARE, share),))
+    with pytest.raises(ProtocolError, match="do not match what was requested"):
+        server.receive(r.s, wire.encode(extra, r.p.round_id, u, wire.SERVER))
+    server.receive(r.s, reply)  # the genuine reply is accepted
