@@ -7,7 +7,7 @@ in Kairouz et al. 2021 (DDGauss). Client and server are explicit state machines 
 coordinator and the device carry the bytes (HTTP), `secagg.simulate` carries them in memory.
 
 Modules: config, errors, crypto, shamir, graph, packing, encoding, wire, params, client,
-server, dp, simulate.
+server (+ server_state), dp, simulate.
 
 One round (every arrow is one binary message, `secagg.wire`; the server closes each stage with
 `server.advance` once everyone answered or a timeout passed, and whoever is silent has dropped):
@@ -68,6 +68,7 @@ __all__ = [
     "packing",
     "params",
     "server",
+    "server_state",
     "shamir",
     "simulate",
     "wire",
