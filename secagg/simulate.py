@@ -41,10 +41,14 @@ class Dropouts:
         after_share_keys: float = 0.0,
         at_unmasking: float = 0.0,
     ) -> Dropouts:
-        """round(f * n) random clients drop after ShareKeys, then others at Unmasking."""
+        """round(f * n) random clients (at least one if f > 0) drop after ShareKeys, then
+        others at Unmasking."""
         order = [int(c) for c in rng.permutation(np.asarray(cohort))]
-        a = round(after_share_keys * len(order))
-        b = round(at_unmasking * len(order))
+
+        def count(f: float) -> int:
+            return max(1, round(f * len(order))) if f > 0 else 0
+
+        a, b = count(after_share_keys), count(at_unmasking)
         return cls(masked_input=frozenset(order[:a]), unmasking=frozenset(order[a : a + b]))
 
 
