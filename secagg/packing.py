@@ -104,11 +104,16 @@ def _scratch(dtype: np.dtype, n: int) -> np.ndarray:
     return cache[1]
 
 
+_BLOCK = 1 << 16  # values per block: a block of acc and of each plane stays in L2 cache
+
+
 def unpack_add(acc: np.ndarray, buf: bytes | memoryview, width: int) -> None:
     """acc += unpack(buf), wrapping in acc's dtype; the server's per-client aggregation step.
 
-    Each sub-byte plane is expanded by one table gather (np.take into a reused buffer) into
-    values already shifted to their offset; no full-width vector of one client is assembled.
+    Works block by block over the coordinates, all planes of a block at once, so the
+    accumulator makes one trip through memory per message. Each sub-byte plane is expanded by
+    one table gather (np.take into a reused buffer) into values already shifted to their bit
+    offset; no full-width vector of one client is ever assembled.
     """
     n = acc.size
     if acc.dtype != field_dtype(width):
@@ -118,24 +123,31 @@ def unpack_add(acc: np.ndarray, buf: bytes | memoryview, width: int) -> None:
             f"packed vector of {n} x {width}-bit values must be {packed_size(n, width)} bytes, "
             f"got {len(buf)}"
         )
-    pos = 0
+    raws, pos = [], 0
     for off, s in planes(width):
         size = _plane_bytes(n, s)
-        raw = np.frombuffer(buf, dtype=np.uint8, count=size, offset=pos)
+        raws.append((off, s, np.frombuffer(buf, dtype=np.uint8, count=size, offset=pos)))
         pos += size
-        if s >= 8 and off == 0:
-            np.add(acc, raw.view("<u2") if s == 16 else raw, out=acc, casting="unsafe")
-            continue
-        if s == 16:
-            tmp = _scratch(acc.dtype, n)
-            tmp[...] = raw.view("<u2")
-            tmp <<= acc.dtype.type(off)
-            np.add(acc, tmp, out=acc)
-            continue
-        lut = _lut(acc.dtype.str, off, s)
-        rows = _scratch(lut.dtype, size)
-        np.take(lut, raw, out=rows)
-        np.add(acc, rows.view(acc.dtype)[:n], out=acc)
+    tmp = _scratch(acc.dtype, min(n, _BLOCK))
+    for lo in range(0, n, _BLOCK):  # _BLOCK is a multiple of 8: planes split on whole bytes
+        hi = min(n, lo + _BLOCK)
+        seg = acc[lo:hi]
+        out = tmp[: hi - lo]
+        for off, s, raw in raws:
+            part = raw[lo * s // 8 : (hi * s + 7) // 8]
+            if s >= 8 and off == 0:
+                np.add(seg, part.view("<u2") if s == 16 else part, out=seg, casting="unsafe")
+            elif s == 16:
+                out[...] = part.view("<u2")
+                out <<= acc.dtype.type(off)
+                np.add(seg, out, out=seg)
+            else:
+                lut = _lut(acc.dtype.str, off, s)
+                rows = out.view(lut.dtype) if out.nbytes % lut.itemsize == 0 else None
+                if rows is None or rows.size < part.size:
+                    rows = np.empty(part.size, lut.dtype)
+                np.take(lut, part, out=rows[: part.size])
+                np.add(seg, rows[: part.size].view(acc.dtype)[: hi - lo], out=seg)
 
 
 def unpack(buf: bytes | memoryview, width: int, n: int) -> np.ndarray:
