@@ -197,3 +197,16 @@ def test_decode_flags_an_impossible_sum():
     bad[0] = 255 * 2 + 1
     with pytest.raises(InputError, match="exceeds"):
         encoding.decode(bad, spec, 2)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 12, 15, 16, 17, 18, 24, 31, 32])
+def test_unpack_add_across_blocks(width):
+    n = 2 * packing._BLOCK + 13  # several blocks, the last one partial and mid-byte
+    rng = np.random.default_rng(width)
+    dt = packing.field_dtype(width)
+    a = rng.integers(0, 1 << width, n, dtype=np.uint64).astype(dt)
+    b = rng.integers(0, 1 << width, n, dtype=np.uint64).astype(dt)
+    acc = a.copy()
+    packing.unpack_add(acc, packing.pack(b, width), width)
+    want = (a.astype(np.uint64) + b.astype(np.uint64)) % np.uint64(1 << (8 * dt.itemsize))
+    assert np.array_equal(acc, want.astype(dt))
