@@ -67,6 +67,10 @@ class DeviceModel:
         self.index = metrics.PrefixIndex(vocab)
         self._all = np.ones(len(vocab), np.float32)
         self._all[[PAD, BOS]] = 0.0
+        # What the suggestion strip may show: real words only (metrics still score <unk>
+        # and <eos> targets through `top_k`, but a keyboard never offers them).
+        self._words = np.zeros(len(vocab), np.float32)
+        self._words[self.index.all_ids] = 1.0
         if self._train is not None:
             inputs = self._train.get_input_details()
             self.train_shape = tuple(inputs["tokens"]["shape"])
@@ -117,7 +121,8 @@ class DeviceModel:
     def suggest(self, typed: str) -> list[str]:
         """Three suggestions for what is typed so far (completions inside a word)."""
         context, partial = suggest.split_typed(typed)
-        ids, _ = self.top_k(context, partial)
+        allowed = self.allowed(partial) if partial else self._words
+        ids, _ = self.infer_window(self.context_ids(context), allowed)
         return [self.vocab.tokens[i] for i in ids]
 
     # -- training ---------------------------------------------------------------------------

@@ -46,6 +46,12 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2))
 
 
+def _keyboard(args: argparse.Namespace) -> None:
+    from keyboard import serve
+
+    serve.serve(Path(args.data_dir), args.host, args.port)
+
+
 def _data(args: argparse.Namespace) -> None:
     from model import pipeline
 
@@ -103,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--float", action="store_true", help="keep float32 weights (no int8)")
     s.add_argument("--no-train", action="store_true", help="only the infer signature")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("keyboard", help="the demo keyboard: one phone with its web UI")
+    s.add_argument("--data-dir", default=str(paths.RUNS / "phone"), help="this phone's data")
+    s.add_argument("--host", default="127.0.0.1", help="listen address (loopback: the phone)")
+    s.add_argument("--port", type=int, default=8600)
+    s.set_defaults(func=_keyboard)
 
     s = sub.add_parser("data", help="users, words and OOV rate of every split")
     s.add_argument("--preset", choices=presets, default="default")

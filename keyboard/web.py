@@ -1,0 +1,93 @@
+"""The demo keyboard's web UI, served by the device process (thin handlers over `Device`).
+
+`GET /` is a phone-sized page (plain HTML/CSS/JS in `keyboard/static/`, no build step);
+the page calls the JSON endpoints below on every keystroke. The server listens on loopback
+only: it is the phone's own screen, not a network service.
+"""
+
+import threading
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from keyboard.device import CloudUnavailable, Device
+
+__all__ = ["create_app"]
+
+MAX_TEXT = 4_000  # characters of typed text per request
+
+
+class Typed(BaseModel):
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class Toggle(BaseModel):
+    on_device: bool
+
+
+class Idle(BaseModel):
+    idle_and_charging: bool = True
+
+
+def create_app(device: Device, seed: int = 0) -> FastAPI:
+    app = FastAPI(title="Sotto keyboard", docs_url=None, redoc_url=None)
+    lock = threading.Lock()  # one phone: requests change its state one at a time
+    rng = np.random.default_rng(seed)
+    page = resources.files("keyboard").joinpath("static/index.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.post("/api/suggest")
+    def suggest(body: Typed) -> dict:
+        with lock:
+            try:
+                return {"suggestions": device.suggest(body.text), "offline": False}
+            except CloudUnavailable as e:
+                return {"suggestions": [], "offline": True, "error": str(e)}
+
+    @app.post("/api/commit")
+    def commit(body: Typed) -> dict:
+        with lock:
+            return {"kept": device.commit(body.text), "stats": device.stats()}
+
+    @app.post("/api/toggle")
+    def toggle(body: Toggle) -> dict:
+        with lock:
+            device.set_on_device(body.on_device)
+            return device.stats()
+
+    @app.post("/api/train")
+    def train(body: Idle) -> dict:
+        with lock:
+            report = device.train_if_eligible(body.idle_and_charging, rng)
+            return {"trained": report is not None, "report": report, "stats": device.stats()}
+
+    @app.post("/api/forget")
+    def forget() -> dict:
+        with lock:
+            device.forget()
+            return device.stats()
+
+    @app.get("/api/stats")
+    def stats() -> dict:
+        with lock:
+            return device.stats()
+
+    @app.get("/api/privacy_log")
+    def privacy_log() -> dict:
+        with lock:
+            return {
+                "entries": [e.__dict__ for e in device.log.entries()],
+                "totals": device.log.totals(),
+            }
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"error": "bad request", "detail": str(exc)}, status_code=400)
+
+    return app
