@@ -65,7 +65,8 @@ def _prompt(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from model import pipeline, prompt
+    from keyboard import serve
+    from model import export, pipeline
 
     base = Path(args.base)
     if not pipeline.has_checkpoint(base):
@@ -76,7 +77,11 @@ def _demo(args: argparse.Namespace) -> None:
             pipeline.model_config("default"),
             pipeline.pretrain_config("default"),
         )
-    prompt.run(base, sys.stdin, sys.stdout)
+    if not paths.BASE_TFLITE.exists():
+        print("Exporting the base to LiteRT (the model the phone runs).")
+        export.export_checkpoint(base, paths.BASE_TFLITE)
+    print(f"Sotto keyboard: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops).")
+    serve.serve(Path(args.data_dir), args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=str(paths.BASE_DIR))
     s.set_defaults(func=_prompt)
 
-    s = sub.add_parser("demo", help="the main job: pretrain if needed, then the prompt")
+    s = sub.add_parser("demo", help="the main job: pretrain/export if needed, then the keyboard")
     s.add_argument("--base", default=str(paths.BASE_DIR))
+    s.add_argument("--data-dir", default=str(paths.RUNS / "phone"), help="the phone's data")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8600)
     s.set_defaults(func=_demo)
     return p
 
