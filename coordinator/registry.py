@@ -12,7 +12,7 @@ and the (small) device part per version.
 import hashlib
 import io
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,8 @@ def _version_info(row: db.Version, files: dict[str, int]) -> VersionInfo:
     return VersionInfo(
         id=row.id,
         parent=row.parent,
-        created_at=row.created_at,
+        # SQLite hands back naive datetimes; every timestamp is written in UTC.
+        created_at=row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC),
         base=FileInfo(row.base_sha256, files[row.base_sha256]),
         device_part=FileInfo(row.device_sha256, files[row.device_sha256]),
         metrics=dict(row.metrics or {}),
