@@ -4,7 +4,7 @@ The body is read (at most `max_bytes` of it) before the app sees it, so an overs
 gets 413 without being buffered whole, whether or not it declares a Content-Length. Bytes in
 and out are counted on the wire; a handler that served a device marks the request with
 `request.state.traffic = (device_id, endpoint, kind_in, kind_out)`, and if the response
-succeeded the counts are written to the traffic table after the response is sent.
+succeeded the counts are written to the traffic table before the response completes.
 """
 
 import json
@@ -68,18 +68,28 @@ class LimitAndAccount:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
+        state = scope.setdefault("state", {})
+
         async def counting_send(message):
             nonlocal sent, status
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._account(state.get("traffic"), status, len(body), sent)
             await send(message)
 
-        state = scope.setdefault("state", {})
         await self.app(scope, replay, counting_send)
-        mark = state.get("traffic")
-        if mark is not None and status < 400:
-            device_id, endpoint, kind_in, kind_out = mark
-            rows = [("in", len(body), kind_in), ("out", sent, kind_out)]
+
+    async def _account(self, mark, status: int, bytes_in: int, bytes_out: int) -> None:
+        # Before the last body chunk goes out: once a client has its response, the traffic
+        # row is already in the database (no race for a reader right after).
+        if mark is None or status >= 400:
+            return
+        device_id, endpoint, kind_in, kind_out = mark
+        rows = [("in", bytes_in, kind_in), ("out", bytes_out, kind_out)]
+        try:
             await anyio.to_thread.run_sync(self.sink, device_id, endpoint, rows)
+        except Exception:  # the response is already started: report, do not break it
+            log.exception("traffic of %s on %s not recorded", device_id, endpoint)

@@ -96,7 +96,9 @@ def test_cloud_prediction_records_size_never_text(env, caplog):
     stats = client.get("/v1/stats").json()
     assert stats["raw_text"]["bytes"] == len(typed.encode()) + 3
     assert stats["traffic"]["raw_text"]["in"] > len(typed)
-    # The text itself is nowhere: not in any file the coordinator wrote, not in the logs.
+    # The text itself is nowhere: not in any row (whatever the database), not in any file the
+    # coordinator wrote, not in the logs.
+    assert MARKER not in repr(testing.snapshot(coord.db))
     coord.db.close()  # flush SQLite's write-ahead log into the files we grep
     for f in coord.config.data_dir.rglob("*"):
         if f.is_file():

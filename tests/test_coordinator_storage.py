@@ -85,6 +85,30 @@ def test_failed_registration_leaves_no_rows(coord):
     assert testing.snapshot(coord.db) == before
 
 
+def test_a_crash_mid_registration_leaves_no_half_version(coord, monkeypatch):
+    model, device = _shipped()
+    device = {**device, "head_bias": device["head_bias"] - 1.0}
+    before = testing.snapshot(coord.db)
+
+    store, calls = Registry._store, []
+
+    def store_then_crash(self, s, payload):
+        calls.append(store(self, s, payload))
+        if len(calls) == 2:  # both files written and their rows added, no version row yet
+            raise RuntimeError("power cut")
+        return calls[-1]
+
+    monkeypatch.setattr(Registry, "_store", store_then_crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        coord.registry.register(model, device, parent=1)
+    assert testing.snapshot(coord.db) == before
+    assert (coord.config.data_dir / "files" / calls[1].sha256[:2] / calls[1].sha256).exists()
+    monkeypatch.undo()
+    v = coord.registry.register(model, device, parent=1)  # the orphaned file is reused
+    got = coord.registry.device_part(v.id)["head_bias"]
+    np.testing.assert_array_equal(got, device["head_bias"])
+
+
 def test_device_parts_refuse_pickles():
     payload = registry.pack_device_part({"w": np.ones((2, 2))})
     assert registry.unpack_device_part(payload)["w"].dtype == np.float32
