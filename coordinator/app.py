@@ -12,63 +12,22 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coordinator import devices, schemas, traffic
+from coordinator import api_errors, devices, schemas, traffic
+from coordinator.api_errors import ApiError
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import Conflict, CoordinatorError, Invalid, NotFound
 from coordinator.middleware import LimitAndAccount
 from coordinator.ratelimit import TokenBucketLimiter
 from coordinator.service import Coordinator
 
-__all__ = ["ApiError", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, Conflict: 409, Invalid: 400}
-_HTTP_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
-ERRORS = {c: {"model": schemas.ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 422, 429)}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
-
-
-def _json_error(status: int, error: str, detail: str, headers: dict | None = None):
-    return JSONResponse({"error": error, "detail": detail}, status, headers=headers)
-
-
-def _validation_detail(exc: RequestValidationError) -> tuple[int, str, str]:
-    errs = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errs):
-        return 400, "malformed_json", "request body is not valid JSON"
-    # loc and message only: the rejected input itself may be typed text and is never echoed.
-    parts = [".".join(str(p) for p in e.get("loc", ())) + ": " + e.get("msg", "") for e in errs]
-    return 422, "invalid_request", "; ".join(parts)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api(_req: Request, exc: ApiError):
-        return _json_error(exc.status, exc.error, exc.detail, exc.headers)
-
-    @app.exception_handler(CoordinatorError)
-    async def _domain(_req: Request, exc: CoordinatorError):
-        return _json_error(_STATUS.get(type(exc), 400), exc.code, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError):
-        return _json_error(*_validation_detail(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException):
-        name = _HTTP_NAMES.get(exc.status_code, "http_error")
-        return _json_error(exc.status_code, name, str(exc.detail), exc.headers)
+# Every authenticated endpoint may answer these (bad token, unknown id, limits, bad input).
+DEVICE_ERRORS = api_errors.responses(400, 401, 404, 413, 422, 429)
 
 
 def create_app(
@@ -88,9 +47,9 @@ def create_app(
         if coordinator is None:
             coord.close()
 
-    app = FastAPI(title="Sotto coordinator", version="1", lifespan=lifespan, responses=ERRORS)
+    app = FastAPI(title="Sotto coordinator", version="1", lifespan=lifespan)
     app.state.coordinator = coord
-    _install_error_handlers(app)
+    api_errors.install(app)
 
     def device(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -115,14 +74,19 @@ def create_app(
     def mark(request: Request, device_id: str, endpoint: str, kind_in: str, kind_out: str):
         request.state.traffic = (device_id, endpoint, kind_in, kind_out)
 
-    @app.post("/v1/devices", status_code=201, response_model=schemas.EnrolResponse)
+    @app.post(
+        "/v1/devices",
+        status_code=201,
+        response_model=schemas.EnrolResponse,
+        responses=api_errors.responses(400, 409, 413, 422),
+    )
     def enrol(body: schemas.EnrolRequest, request: Request):
         token = devices.enrol(coord.db, body.device_id, body.key_bytes(), body.mode)
         log.info("enrolled device %s (%s)", body.device_id, body.mode)
         mark(request, body.device_id, "/v1/devices", "enrolment", "enrolment")
         return schemas.EnrolResponse(device_id=body.device_id, token=token, mode=body.mode)
 
-    @app.post("/v1/checkin", response_model=schemas.CheckinResponse)
+    @app.post("/v1/checkin", response_model=schemas.CheckinResponse, responses=DEVICE_ERRORS)
     def checkin(
         body: schemas.CheckinRequest,
         request: Request,
@@ -155,7 +119,7 @@ def create_app(
             ),
         )
 
-    @app.get("/v1/models/{sha256}", response_class=FileResponse)
+    @app.get("/v1/models/{sha256}", response_class=FileResponse, responses=DEVICE_ERRORS)
     def model_file(
         sha256: Annotated[str, Path(pattern=schemas.SHA256_PATTERN)],
         request: Request,
@@ -165,13 +129,17 @@ def create_app(
         mark(request, dev.id, "/v1/models/{sha256}", "request", "model_download")
         return FileResponse(path, media_type="application/octet-stream")
 
-    @app.get("/v1/versions/{version_id}/device_part")
+    @app.get("/v1/versions/{version_id}/device_part", responses=DEVICE_ERRORS)
     def device_part(version_id: int, request: Request, dev: authed) -> Response:
         payload = coord.registry.device_part_bytes(version_id)
         mark(request, dev.id, "/v1/versions/{id}/device_part", "request", "device_part")
         return Response(payload, media_type="application/octet-stream")
 
-    @app.post("/v1/predict", response_model=schemas.PredictResponse, responses={403: {}})
+    @app.post(
+        "/v1/predict",
+        response_model=schemas.PredictResponse,
+        responses=api_errors.responses(400, 401, 403, 413, 422, 429),
+    )
     def predict(
         body: schemas.PredictRequest,
         request: Request,

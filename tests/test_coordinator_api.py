@@ -270,3 +270,15 @@ def test_rate_limit_is_per_device_and_refills(tmp_path):
         assert client.get(url, headers=h2).status_code == 200  # another device is unaffected
         clock.t += 1.0
         assert client.get(url, headers=h1).status_code == 200
+
+
+def test_a_server_fault_is_a_json_500_and_not_accounted(tmp_path):
+    cfg = testing.fresh_config(tmp_path)
+    with TestClient(create_app(cfg), raise_server_exceptions=False) as client:
+        coord = client.app.state.coordinator
+        h = enrol(client)
+        coord.registry.file_path(coord.registry.get(1).device_part.sha256).unlink()  # disk fault
+        before = testing.snapshot(coord.db)
+        r = client.get("/v1/versions/1/device_part", headers=h)
+        assert_error(r, 500, "internal_error", "see its log")
+        assert testing.snapshot(coord.db) == before
