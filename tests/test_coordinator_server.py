@@ -100,6 +100,38 @@ def test_phone_over_real_http(live):
     assert ("/v1/versions/{id}/device_part", "out", len(blob), "device_part") in rows
 
 
+def test_concurrent_devices_over_real_http(live):
+    """Several phones at once: every write lands (no 'database is locked', no lost row)."""
+    url, coord = live
+    with httpx.Client(base_url=url, timeout=30) as client:
+        tokens = [_enrol(client, f"p{i}", "on_device") for i in range(6)]
+    statuses: list[int] = []
+
+    def phone(token: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            h = {"Authorization": f"Bearer {token}"}
+            statuses.extend(
+                c.post("/v1/checkin", json={"version": 1}, headers=h).status_code for _ in range(5)
+            )
+
+    threads = [threading.Thread(target=phone, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert statuses == [200] * 30
+    assert all(devices.get(coord.db, f"p{i}").model_version == 1 for i in range(6))
+    assert (
+        sum(
+            1
+            for i in range(6)
+            for r in traffic.for_device(coord.db, f"p{i}")
+            if r[3] == "checkin" and r[1] == "in"
+        )
+        == 30
+    )
+
+
 def test_sotto_coordinator_parses_and_logs_the_url(monkeypatch, tmp_path, caplog):
     seen = {}
     monkeypatch.setattr(server, "serve", lambda config: seen.setdefault("config", config))
