@@ -84,6 +84,20 @@ def _demo(args: argparse.Namespace) -> None:
     serve.serve(Path(args.data_dir), args.host, args.port)
 
 
+def _coordinator(args: argparse.Namespace) -> None:
+    from coordinator import server
+    from coordinator.config import CoordinatorConfig
+
+    config = CoordinatorConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        database_url=args.db_url,
+        eval_targets=args.eval_targets,
+    )
+    server.serve(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sotto", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -135,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8600)
     s.set_defaults(func=_demo)
+
+    s = sub.add_parser("coordinator", help="run the coordinator service (HTTP API + database)")
+    s.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    s.add_argument("--port", type=int, default=8470)
+    s.add_argument("--data-dir", default=str(paths.RUNS / "coordinator"), help="files + SQLite")
+    s.add_argument(
+        "--db-url", default=None, help="SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db"
+    )
+    s.add_argument(
+        "--eval-targets", type=int, default=2000, help="server-side evaluation size (0 = skip)"
+    )
+    s.set_defaults(func=_coordinator)
     return p
 
 

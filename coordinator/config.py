@@ -1,0 +1,73 @@
+"""Typed settings of the coordinator service (one frozen dataclass, two presets)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model import paths
+
+__all__ = ["CoordinatorConfig", "DEFAULT_DATA_DIR", "DEFAULT_PORT"]
+
+# Generated state (database, content-addressed model files) lives under runs/, never in git.
+DEFAULT_DATA_DIR = paths.RUNS / "coordinator"
+DEFAULT_PORT = 8470
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything an operator may set; `sotto coordinator` exposes the first four."""
+
+    # Loopback by default: exposing the service beyond this machine is an explicit choice.
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # Database file (SQLite default) and model artefacts (files/<sha256[:2]>/<sha256>).
+    data_dir: Path = DEFAULT_DATA_DIR
+    # SQLAlchemy URL; None = SQLite file in `data_dir`. PostgreSQL: postgresql+psycopg://...
+    database_url: str | None = None
+    # Largest request body accepted (bytes); larger ones get 413 before they are read whole.
+    max_request_bytes: int = 64 * 1024
+    # Longest typed context a cloud-mode device may send to /v1/predict (characters).
+    max_predict_chars: int = 1_000
+    # Per-device token bucket: sustained requests per second and burst size.
+    rate_per_second: float = 5.0
+    rate_burst: int = 20
+    # Local training settings handed out at check-in (tuned schedule of design.md: lr 1e-2).
+    train_learning_rate: float = 1e-2
+    train_steps: int = 20
+    # Source of version 1 on first start: the shipped LiteRT file and initial device part.
+    base_model: Path = paths.BASE_TFLITE
+    base_device_part: Path = field(default=paths.BASE_TFLITE.with_suffix(".device.npz"))
+    # Public vocabulary size (must match the shipped model) and server-side evaluation on
+    # public held-out users: data preset and number of next-word targets (0 = skip).
+    vocab_size: int = 10_000
+    eval_preset: str = "default"
+    eval_targets: int = 2_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_request_bytes <= 0 or self.rate_per_second <= 0 or self.rate_burst < 1:
+            raise ValueError("request limit, rate and burst must be positive")
+        if self.eval_preset not in ("default", "tiny"):
+            raise ValueError(f"eval_preset must be 'default' or 'tiny', got {self.eval_preset!r}")
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force (the SQLite default made explicit)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'coordinator.sqlite3'}"
+
+    @staticmethod
+    def default() -> "CoordinatorConfig":
+        return CoordinatorConfig()
+
+    @staticmethod
+    def tiny(data_dir: Path, database_url: str | None = None) -> "CoordinatorConfig":
+        """For tests: a temporary data dir, a free port, a few evaluation targets."""
+        return CoordinatorConfig(
+            port=0,
+            data_dir=Path(data_dir),
+            database_url=database_url,
+            eval_preset="tiny",
+            eval_targets=50,
+            train_steps=2,
+        )
