@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import paths
+from secagg.config import SecAggConfig
 
 __all__ = ["CoordinatorConfig", "DEFAULT_DATA_DIR", "DEFAULT_PORT"]
 
@@ -41,6 +42,19 @@ class CoordinatorConfig:
     vocab_size: int = 10_000
     eval_preset: str = "default"
     eval_targets: int = 2_000
+    # Synchronous federated rounds (coordinator.rounds): cohort size asked for, extra fraction
+    # sampled on top to tolerate dropouts, and how long a stage waits for silent devices
+    # before closing without them (the masked-input stage gets its own, longer, timeout).
+    round_cohort_size: int = 100
+    round_overselect: float = 0.3
+    round_stage_timeout_s: float = 60.0
+    round_masked_input_timeout_s: float = 300.0
+    secagg: SecAggConfig = field(default_factory=SecAggConfig.default)
+    # Server optimiser on the averaged delta: SGD with momentum (FedAvgM); momentum 0 = FedAvg.
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    # Central DP: Gaussian noise multiplier on the aggregate (0 = off).
+    dp_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -70,4 +84,8 @@ class CoordinatorConfig:
             eval_preset="tiny",
             eval_targets=50,
             train_steps=2,
+            round_cohort_size=4,
+            round_stage_timeout_s=20.0,
+            round_masked_input_timeout_s=30.0,
+            secagg=SecAggConfig.tiny(),
         )

@@ -39,7 +39,14 @@ class Coordinator:
                 registry, current.id, config.eval_preset, config.eval_targets
             )
             log.info("version %d on public held-out users: %s", current.id, current.metrics)
-        return Coordinator(config, database, registry, vocab, CloudPredictor(registry, vocab))
+        coordinator = Coordinator(config, database, registry, vocab, CloudPredictor(registry, vocab))
+        from coordinator import rounds  # imports this module
+
+        # A round left running by a previous process resumes from its stored state, or is
+        # aborted with the reason if that state cannot be loaded: none stays stuck.
+        for rid in rounds.recover(coordinator):
+            log.warning("round %d aborted on restart", rid)
+        return coordinator
 
     def close(self) -> None:
         self.db.close()
