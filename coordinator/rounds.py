@@ -186,8 +186,13 @@ def status(coord: Coordinator, round_id: int) -> dict:
             "cohort": len(row.members["devices"]),
             "dropouts": row.members.get("dropouts", {}),
             "stages": [
-                {"name": g.name, "status": g.status, "bytes_in": g.bytes_in,
-                 "bytes_out": g.bytes_out} for g in stages
+                {
+                    "name": g.name,
+                    "status": g.status,
+                    "bytes_in": g.bytes_in,
+                    "bytes_out": g.bytes_out,
+                }
+                for g in stages
             ],  # fmt: skip
         }
 
@@ -397,6 +402,7 @@ def recover(coord: Coordinator) -> list[int]:
                 _state(row)
                 _devices(row)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                _abort(s, row, f"coordinator restarted and could not resume: {e}", None, db.utcnow())
+                why = f"coordinator restarted and could not resume: {e}"
+                _abort(s, row, why, None, db.utcnow())
                 aborted.append(row.id)
     return aborted

@@ -39,7 +39,8 @@ class Coordinator:
                 registry, current.id, config.eval_preset, config.eval_targets
             )
             log.info("version %d on public held-out users: %s", current.id, current.metrics)
-        coordinator = Coordinator(config, database, registry, vocab, CloudPredictor(registry, vocab))
+        predictor = CloudPredictor(registry, vocab)
+        coordinator = Coordinator(config, database, registry, vocab, predictor)
         from coordinator import rounds  # imports this module
 
         # A round left running by a previous process resumes from its stored state, or is
