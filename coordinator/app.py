@@ -15,10 +15,9 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import api_errors, devices, schemas, traffic
+from coordinator import api_errors, devices, round_api, schemas, traffic
 from coordinator.api_errors import ApiError
 from coordinator.config import CoordinatorConfig
-from coordinator.middleware import LimitAndAccount
 from coordinator.ratelimit import TokenBucketLimiter
 from coordinator.service import Coordinator
 
@@ -185,8 +184,13 @@ def create_app(
             traffic=traffic.totals(coord.db),
         )
 
+    app.include_router(round_api.router(coord, device, mark))
+
     def sink(device_id, endpoint, rows):
         traffic.record(coord.db, device_id, endpoint, rows)
 
-    app.add_middleware(LimitAndAccount, max_bytes=config.max_request_bytes, sink=sink)
+    # The global request limit, except round uploads: those get their round's own limit.
+    app.add_middleware(
+        round_api.RoundSizeLimit, coord=coord, max_bytes=config.max_request_bytes, sink=sink
+    )
     return app
