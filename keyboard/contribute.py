@@ -69,7 +69,13 @@ def _wait(
     fetch: Callable[[], object], deadline: float, clock: Callable[[], float], poll: float
 ) -> object:
     while True:
-        got = fetch()
+        try:
+            got = fetch()
+        except TransportError as e:
+            if e.status != 429:
+                raise
+            got = None  # rate limited: back off and ask again
+            time.sleep(poll * 10)
         if got is not None:
             return got
         if clock() > deadline:
@@ -82,7 +88,7 @@ def contribute(
     transport: Transport,
     rng: np.random.Generator,
     timeout_s: float = 120.0,
-    poll_s: float = 0.05,
+    poll_s: float = 0.25,
     clock: Callable[[], float] = time.monotonic,
     stop_after: str | None = None,
 ) -> RoundOutcome:
