@@ -1,6 +1,7 @@
 """One SecAgg+ round over real HTTP: five phones on the shipped LiteRT model train locally,
 take part through `keyboard.contribute`, and install the version the round produced."""
 
+import contextlib
 import threading
 import time
 
@@ -32,12 +33,14 @@ def vocab():
     return build_vocabulary(10_000)
 
 
-@pytest.fixture
-def live(tmp_path):
+@contextlib.contextmanager
+def serving(tmp_path, **overrides):
     """A real uvicorn server on a free loopback port, in a thread, stopped cleanly."""
     cfg = testing.fresh_config(
-        tmp_path, round_cohort_size=N, round_overselect=0, rate_per_second=1e4, rate_burst=10_000
-    )
+        tmp_path,
+        **{"round_cohort_size": N, "round_overselect": 0, "rate_per_second": 1e4,
+           "rate_burst": 10_000, **overrides},
+    )  # fmt: skip
     srv = server.build_server(cfg)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -50,6 +53,29 @@ def live(tmp_path):
     srv.should_exit = True
     thread.join(timeout=10)
     assert not thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def live(tmp_path):
+    with serving(tmp_path) as served:
+        yield served
+
+
+def _run(phones, stop_after=None):
+    outcomes = [None] * len(phones)
+
+    def run(i):
+        dev, tr = phones[i]
+        outcomes[i] = contribute(
+            dev, tr, np.random.default_rng(100 + i), 60, 0.02, stop_after=(stop_after or {}).get(i)
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(phones))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    return outcomes
 
 
 def _phone(tmp_path, url, vocab, i):
@@ -73,25 +99,13 @@ def test_round_over_http_averages_clipped_deltas_and_phones_install_it(tmp_path,
     counters = [evaluate_global(d) for d, _ in phones]  # what each phone will report
 
     rid = rounds.open_round(coord, np.random.default_rng(0))
-    outcomes = [None] * N
-
-    def run(i):
-        dev, tr = phones[i]
-        outcomes[i] = contribute(dev, tr, np.random.default_rng(100 + i), 60, poll_s=0.02)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(N)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    outcomes = _run(phones)
     assert [o.status for o in outcomes] == ["done"] * N, outcomes
     assert [o.installed_version for o in outcomes] == [2] * N
 
     # Exactly global + the average of the phones' clipped, quantised deltas: the same
     # stochastic rounding replayed here (the rng drives nothing else on the phone).
-    with coord.db.transaction() as s:
-        params = RoundParams.from_json(s.get(db.Round, rid).params)
-    spec = params.spec
+    spec = RoundParams.from_json(_params(coord, rid)).spec
     field = sum(
         encoding.encode(x, spec, np.random.default_rng(100 + i), (0, 0, 0)).astype(np.int64)
         for i, x in enumerate(deltas)
@@ -177,3 +191,31 @@ def test_cloud_predictor_logs_the_typed_text_verbatim(tmp_path, live, vocab):
         "how are ",
         len(b'{"text":"how are "}'),
     )
+
+
+def test_phone_that_drops_after_share_keys_over_http(tmp_path, vocab):
+    """The masked-input timeout closes the stage without it; the others finish and install."""
+    with serving(tmp_path, round_masked_input_timeout_s=2.0) as (url, coord):
+        phones = [_phone(tmp_path, url, vocab, i) for i in range(N)]
+        deltas = [flatten_delta(d.delta()) for d, _ in phones]
+        rid = rounds.open_round(coord, np.random.default_rng(1))
+        outcomes = _run(phones, stop_after={0: "share_keys"})
+        assert [o.status for o in outcomes] == ["dropped"] + ["done"] * (N - 1)
+        assert outcomes[0].masked_input_bytes == 0 and phones[0][0].version == 1
+        assert all(dev.version == 2 for dev, _ in phones[1:])
+        st = rounds.status(coord, rid)
+        assert st["dropouts"]["masked_input"] == 1
+        spec = RoundParams.from_json(_params(coord, rid)).spec
+        got = server_opt.flatten(coord.registry.device_part(2)) - server_opt.flatten(
+            coord.registry.device_part(1)
+        )
+        survivors = np.mean([encoding.clip(x, spec.clip_norm) for x in deltas[1:]], axis=0)
+        assert np.abs(got - survivors).max() <= 2 * spec.bound / 255
+        assert coord.registry.get(2).metrics["contributors"] == N - 1
+        for _, tr in phones:
+            tr.close()
+
+
+def _params(coord, rid):
+    with coord.db.transaction() as s:
+        return s.get(db.Round, rid).params
