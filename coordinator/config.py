@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import paths
-from secagg.config import SecAggConfig
+from secagg.config import DPConfig, SecAggConfig
 
 __all__ = ["CoordinatorConfig", "DEFAULT_DATA_DIR", "DEFAULT_PORT"]
 
@@ -53,8 +53,9 @@ class CoordinatorConfig:
     # Server optimiser on the averaged delta: SGD with momentum (FedAvgM); momentum 0 = FedAvg.
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9
-    # Central DP: Gaussian noise multiplier on the aggregate (0 = off).
-    dp_noise_multiplier: float = 0.0
+    # Central DP on each round's aggregate (Gaussian noise, privacy budget charged and
+    # enforced per round by `coordinator.round_result`); None = no noise.
+    dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

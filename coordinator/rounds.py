@@ -27,7 +27,13 @@ from coordinator import round_store as rs
 from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.round_store import STAGES, RoundView, current_for, max_message_bytes, status
 from secagg import server, wire
-from secagg.errors import AbortError, CryptoError, ProtocolError, WireError
+from secagg.errors import (
+    AbortError,
+    BudgetExhaustedError,
+    CryptoError,
+    ProtocolError,
+    WireError,
+)
 from secagg.params import new_round
 from secagg.server_state import ServerStage
 
@@ -225,7 +231,12 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
         with coord.db.transaction() as s:
             rs.abort_row(s, rs.load(s, round_id), str(e), e.state, now)
         return "aborted"
-    version = round_result.register_result(coord, round_id, parent, result, dropouts)
+    try:
+        version = round_result.register_result(coord, round_id, parent, result, dropouts)
+    except BudgetExhaustedError as e:  # nothing released: the round ends like an abort
+        with coord.db.transaction() as s:
+            rs.abort_row(s, rs.load(s, round_id), str(e), None, now)
+        return "aborted"
     with coord.db.transaction() as s:
         row = rs.load(s, round_id)
         row.server_state = st.to_json()  # DONE: the masked sum is dropped with it

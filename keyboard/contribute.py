@@ -140,7 +140,9 @@ def contribute(
         if e.status != 409:
             raise
         s = transport.round_status(rid)
-        return RoundOutcome(rid, s["status"], up, masked, None, s["reason"] or str(e))
+        # Still running without us: a stage closed on its timeout before we answered.
+        outcome = "dropped" if s["status"] == "running" else s["status"]
+        return RoundOutcome(rid, outcome, up, masked, None, s["reason"] or str(e))
     finally:
         del st  # the round's secrets are not kept past the round
     device.record_upload(up)

@@ -7,10 +7,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from coordinator import db, devices, rounds, server_opt, testing
+from coordinator import db, devices, round_result, rounds, server_opt, testing
 from coordinator.errors import Conflict, Invalid
 from coordinator.service import Coordinator
 from secagg import client, crypto, encoding, packing
+from secagg.config import DPConfig
 from secagg.params import RoundParams
 
 N = 5
@@ -237,4 +238,28 @@ def test_open_round_over_selects_and_needs_two_devices(tmp_path):
     assert rounds.status(c, rid)["cohort"] == 5  # ceil(3 * 1.5)
     with pytest.raises(Conflict, match="already running"):
         rounds.open_round(c, np.random.default_rng(0))
+    c.close()
+
+
+def _full_round(coord, sks, seed):
+    rid = rounds.open_round(coord, np.random.default_rng(seed))
+    ph = Phones(coord, rid, sks, seed)
+    for name in rounds.STAGES:
+        ph.stage(name, sorted(sks))
+    return rid
+
+
+def test_dp_rounds_are_charged_and_refused_over_the_budget(tmp_path):
+    dpc = DPConfig(noise_multiplier=2.0, delta=1e-5, sampling_probability=1.0, epsilon_limit=3.0)
+    cfg = testing.fresh_config(tmp_path, round_cohort_size=N, round_overselect=0, dp=dpc)
+    c = Coordinator.open(cfg)
+    sks = _enrol(c)
+    first = rounds.status(c, _full_round(c, sks, 1))
+    assert first["status"] == "done"
+    m = c.registry.get(first["result_version"]).metrics
+    assert m["dp_noise_multiplier"] == 2.0 and 2.0 < m["dp_epsilon"] < 3.0
+    second = rounds.status(c, _full_round(c, sks, 2))  # would bring epsilon to ~3.19
+    assert second["status"] == "aborted" and "epsilon" in second["reason"]
+    assert [v.id for v in c.registry.versions()] == [1, 2]
+    assert round_result.ledger(c).rounds == 1
     c.close()

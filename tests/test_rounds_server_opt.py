@@ -7,6 +7,7 @@ import pytest
 
 from coordinator import round_result, server_opt, testing
 from coordinator.service import Coordinator
+from secagg.config import DPConfig
 from secagg.server_state import AggregateResult
 
 
@@ -34,13 +35,13 @@ def test_fedavgm_first_step_is_the_average_then_momentum_carries_over(tmp_path):
 
 
 def test_dp_noise_is_added_to_the_sum_before_averaging(tmp_path):
-    cfg = testing.fresh_config(tmp_path, dp_noise_multiplier=0.5)
+    cfg = testing.fresh_config(tmp_path, dp=DPConfig(noise_multiplier=0.5))
     coord = Coordinator.open(cfg)
     total = np.full(1000, 4.0)
     res = AggregateResult(np.zeros(1), total, (0, 0, 0), (0, 1, 2, 3))
     avg = round_result.average_delta(coord, res, np.random.default_rng(0))
     noise = avg * 4 - total  # back to the sum
     assert abs(noise.std() - 0.5 * cfg.secagg.clip_norm) < 0.05
-    off = dataclasses.replace(coord, config=dataclasses.replace(cfg, dp_noise_multiplier=0.0))
+    off = dataclasses.replace(coord, config=dataclasses.replace(cfg, dp=None))
     np.testing.assert_allclose(round_result.average_delta(off, res), 1.0)
     coord.close()
