@@ -69,6 +69,7 @@ def open_round(
     cfg = coord.config
     want = cohort_size or cfg.round_cohort_size
     now = rs.now_or(now)
+    tick(coord, now)  # a round whose devices all went silent ends here, not blocks forever
     current = coord.registry.current()
     dim = server_opt.dimension(coord.registry.device_part(current.id))
     with rs.LOCK, coord.db.transaction() as s:

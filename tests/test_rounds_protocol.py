@@ -263,3 +263,30 @@ def test_dp_rounds_are_charged_and_refused_over_the_budget(tmp_path):
     assert [v.id for v in c.registry.versions()] == [1, 2]
     assert round_result.ledger(c).rounds == 1
     c.close()
+
+
+def test_restart_closes_a_stage_everyone_had_answered(tmp_path, monkeypatch):
+    """A crash between the last message of a stage and its closing: the restart closes it."""
+    cfg = testing.fresh_config(tmp_path, round_cohort_size=N, round_overselect=0)
+    c1 = Coordinator.open(cfg)
+    sks = _enrol(c1)
+    rid = rounds.open_round(c1, np.random.default_rng(8))
+    ph = Phones(c1, rid, sks)
+    monkeypatch.setattr(rounds, "close_stage", lambda *a, **k: "crashed")
+    ph.stage("advertise", sorted(sks))
+    monkeypatch.undo()
+    assert rounds.status(c1, rid)["stage"] == "advertise"
+    c1.close()
+    c2 = Coordinator.open(cfg)
+    assert rounds.status(c2, rid)["stage"] == "share_keys"
+    assert all(rounds.inbox(c2, rid, d, "share_keys") for d in sks)
+    c2.close()
+
+
+def test_a_round_everyone_abandoned_ends_when_the_next_one_opens(coord):
+    _enrol(coord)
+    rid = rounds.open_round(coord, np.random.default_rng(9))
+    later = db.utcnow() + timedelta(seconds=coord.config.round_stage_timeout_s + 1)
+    nxt = rounds.open_round(coord, np.random.default_rng(10), now=later)
+    st = rounds.status(coord, rid)
+    assert st["status"] == "aborted" and "advertised keys" in st["reason"] and nxt == rid + 1
