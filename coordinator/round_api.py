@@ -1,7 +1,8 @@
 """HTTP routes of federated rounds: thin handlers over `coordinator.rounds`.
 
   GET  /v1/rounds/current            is this device in a running round: params, its client id,
-                                      its neighbours' identity keys, the stage
+                                      its neighbours' identity keys, the stage, and which
+                                      stage's server message waits in its inbox
   GET  /v1/rounds/{id}               public status of a round (stage, reason, new version)
   GET  /v1/rounds/{id}/inbox?stage=s the server's binary message that lets it answer stage s
                                       (200 octet-stream; 204 not yet; 409 round over/dropped)
@@ -54,6 +55,7 @@ def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., N
             "client_id": view.client_id,
             "params": view.params,
             "identities": {str(k): v.hex() for k, v in view.identities.items()},
+            "pending": view.pending,
         }
 
     @r.get("/v1/rounds/{round_id}", responses=ERRORS)

@@ -60,6 +60,7 @@ class RoundView:
     params: dict
     identities: dict[int, bytes]  # Ed25519 public keys of its neighbours and itself
     reason: str | None
+    pending: str | None  # the stage whose server message waits for it in its inbox
 
 
 def now_or(now: datetime | None) -> datetime:
@@ -131,8 +132,11 @@ def current_for(coord: Coordinator, device_id: str) -> RoundView | None:
                 u = client_id(row, device_id)
                 st = state(row)
                 nb = st.params.neighbours[u] + (u,)
-                return RoundView(row.id, row.status, st.stage.value, u, row.params,
-                                 {v: st.identities[v] for v in nb}, row.reason)  # fmt: skip
+                pending = (row.outbox or {}).get(device_id, {}).get("stage")
+                ids = {v: st.identities[v] for v in nb}
+                return RoundView(
+                    row.id, row.status, st.stage.value, u, row.params, ids, row.reason, pending
+                )
     return None
 
 
@@ -161,7 +165,7 @@ def status(coord: Coordinator, round_id: int) -> dict:
                     "bytes_out": g.bytes_out,
                 }
                 for g in stages
-            ],  # fmt: skip
+            ],
         }
 
 

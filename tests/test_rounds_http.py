@@ -149,7 +149,7 @@ def test_http_errors_are_json_4xx_and_change_nothing(tmp_path, live, vocab):
     (dev, tr), (_, tr1) = [_phone(tmp_path, url, vocab, i) for i in range(2)]
     rid = rounds.open_round(coord, np.random.default_rng(0))
     task = tr.round_task()
-    assert task["round_id"] == rid and task["stage"] == "advertise"
+    assert task["round_id"] == rid and task["stage"] == "advertise" and task["pending"] is None
     params = RoundParams.from_json(task["params"])
     ids = {int(k): bytes.fromhex(v) for k, v in task["identities"].items()}
     st = client.new_client(params, task["client_id"], tr.credentials.identity_seed, ids)
