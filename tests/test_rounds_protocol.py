@@ -2,6 +2,7 @@
 database that never holds one device's unmasked update."""
 
 import base64
+import dataclasses
 from datetime import timedelta
 
 import numpy as np
@@ -12,7 +13,7 @@ from coordinator.errors import Conflict, Invalid
 from coordinator.service import Coordinator
 from secagg import client, crypto, encoding, packing
 from secagg.config import DPConfig
-from secagg.params import RoundParams
+from secagg.params import RoundParams, make_round_id
 
 N = 5
 
@@ -143,6 +144,13 @@ def test_replayed_and_out_of_order_messages_change_nothing(coord):
         rounds.submit(coord, rid, "d1", "advertise", ph.sent["d0", "advertise"])
     with pytest.raises(Invalid):
         rounds.submit(coord, rid, "d1", "advertise", b"not a secagg message")
+    # d1's genuine advert, but for another round (same cohort and keys, another round id).
+    other = dataclasses.replace(ph.params, round_id=make_round_id("another round"))
+    pks = {ph.ids[d]: devices.get(coord.db, d).public_key for d in sks}
+    st = client.new_client(other, ph.ids["d1"], sks["d1"], pks)
+    _, foreign = client.advertise_keys(st)
+    with pytest.raises((Conflict, Invalid), match="round"):
+        rounds.submit(coord, rid, "d1", "advertise", foreign)
     assert testing.snapshot(coord.db) == before
 
 
