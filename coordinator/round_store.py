@@ -114,7 +114,8 @@ def load(s, round_id: int) -> db.Round:
 
 def abort_row(s, row: db.Round, reason: str, final: ServerState | None, now: datetime) -> None:
     """Mark the round aborted with its reason; the masked data goes with the state."""
-    row.status, row.reason, row.ended_at, row.outbox = "aborted", reason, now, {}
+    # The column is 1,000 characters (PostgreSQL enforces it; a secagg reason is far shorter).
+    row.status, row.reason, row.ended_at, row.outbox = "aborted", reason[:1000], now, {}
     if final is not None:
         row.server_state = final.to_json()  # secagg's ABORTED state: masked data dropped
     else:  # unreadable state: keep what identifies it, drop the masked sum and any shares
