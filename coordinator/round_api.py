@@ -56,6 +56,7 @@ def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., N
             "params": view.params,
             "identities": {str(k): v.hex() for k, v in view.identities.items()},
             "pending": view.pending,
+            "model_version": view.model_version,
         }
 
     @r.get("/v1/rounds/{round_id}", responses=ERRORS)

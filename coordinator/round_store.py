@@ -61,6 +61,7 @@ class RoundView:
     identities: dict[int, bytes]  # Ed25519 public keys of its neighbours and itself
     reason: str | None
     pending: str | None  # the stage whose server message waits for it in its inbox
+    model_version: int  # the global version the round's updates must start from
 
 
 def now_or(now: datetime | None) -> datetime:
@@ -136,8 +137,9 @@ def current_for(coord: Coordinator, device_id: str) -> RoundView | None:
                 pending = (row.outbox or {}).get(device_id, {}).get("stage")
                 ids = {v: st.identities[v] for v in nb}
                 return RoundView(
-                    row.id, row.status, st.stage.value, u, row.params, ids, row.reason, pending
-                )
+                    row.id, row.status, st.stage.value, u, row.params, ids, row.reason, pending,
+                    row.version_id,
+                )  # fmt: skip
     return None
 
 

@@ -36,7 +36,7 @@ class RoundTimeout(TimeoutError):
 @dataclass(frozen=True)
 class RoundOutcome:
     round_id: int | None
-    status: str  # done, aborted, dropped, no_round
+    status: str  # done, aborted, dropped (silent or too late), skipped (wrong version)
     bytes_up: int  # every secagg message this device sent
     masked_input_bytes: int
     installed_version: int | None
@@ -110,6 +110,11 @@ def contribute(
     rid = task["round_id"]
     if task["stage"] != "advertise":
         return RoundOutcome(rid, "dropped", 0, 0, None, "joined after AdvertiseKeys")
+    if task["model_version"] != device.version:
+        # An update from another version would be averaged as if from this one: sit the round
+        # out (over-selection covers it) and update before the next.
+        why = f"trained from version {device.version}, round is for {task['model_version']}"
+        return RoundOutcome(rid, "skipped", 0, 0, None, why)
     params = RoundParams.from_json(task["params"])
     ids = {int(k): bytes.fromhex(v) for k, v in task["identities"].items()}
     st = client.new_client(params, task["client_id"], creds.identity_seed, ids)

@@ -146,7 +146,7 @@ def test_round_over_http_averages_clipped_deltas_and_phones_install_it(tmp_path,
 
 def test_http_errors_are_json_4xx_and_change_nothing(tmp_path, live, vocab):
     url, coord = live
-    (dev, tr), (_, tr1) = [_phone(tmp_path, url, vocab, i) for i in range(2)]
+    (dev, tr), (dev1, tr1) = [_phone(tmp_path, url, vocab, i) for i in range(2)]
     rid = rounds.open_round(coord, np.random.default_rng(0))
     task = tr.round_task()
     assert task["round_id"] == rid and task["stage"] == "advertise" and task["pending"] is None
@@ -172,6 +172,9 @@ def test_http_errors_are_json_4xx_and_change_nothing(tmp_path, live, vocab):
         assert r.status_code == code, (r.status_code, r.text)
         assert "error" in r.json() and word in r.json()["detail"]
     assert testing.snapshot(coord.db) == before
+    dev1.version = 0  # e.g. it never installed version 1: it must not send a stale update
+    out = contribute(dev1, tr1, np.random.default_rng(0), 5, 0.02)
+    assert out.status == "skipped" and out.bytes_up == 0 and "version 0" in out.reason
     tr.close()
     tr1.close()
 
