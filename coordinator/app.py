@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -42,7 +43,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
+        async with anyio.create_task_group() as tasks:
+            if config.round_tick_s > 0:
+                tasks.start_soon(round_api.tick_forever, coord, config.round_tick_s)
+            yield
+            tasks.cancel_scope.cancel()
         if coordinator is None:
             coord.close()
 

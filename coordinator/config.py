@@ -49,6 +49,8 @@ class CoordinatorConfig:
     round_overselect: float = 0.3
     round_stage_timeout_s: float = 60.0
     round_masked_input_timeout_s: float = 300.0
+    # How often the service closes timed-out stages on its own (0 = only on round requests).
+    round_tick_s: float = 5.0
     secagg: SecAggConfig = field(default_factory=SecAggConfig.default)
     # Server optimiser on the averaged delta: SGD with momentum (FedAvgM); momentum 0 = FedAvg.
     server_learning_rate: float = 1.0

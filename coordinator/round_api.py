@@ -13,6 +13,7 @@ all JSON, and change nothing. Masked inputs are larger than the global request l
 limit of a round's upload routes is the round's own `max_message_bytes` (`RoundSizeLimit`).
 """
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -26,7 +27,9 @@ from coordinator.errors import CoordinatorError
 from coordinator.middleware import LimitAndAccount
 from coordinator.service import Coordinator
 
-__all__ = ["router", "RoundSizeLimit"]
+__all__ = ["router", "RoundSizeLimit", "tick_forever"]
+
+log = logging.getLogger(__name__)
 
 ERRORS = api_errors.responses(400, 401, 404, 409, 413, 429)
 _UPLOAD = re.compile(r"^/v1/rounds/(\d+)/[a-z_]+$")
@@ -114,3 +117,14 @@ class RoundSizeLimit:
                     await inner(scope, receive, send)
                     return
         await self.default(scope, receive, send)
+
+
+async def tick_forever(coord: Coordinator, interval_s: float) -> None:
+    """Close timed-out stages every `interval_s`, so a round whose devices all went silent
+    ends on time even when nobody asks about it (the app runs this for its lifetime)."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await anyio.to_thread.run_sync(rounds.tick, coord)
+        except Exception:  # keep ticking: one failed tick must not stop the round clock
+            log.exception("closing timed-out round stages failed")

@@ -8,13 +8,15 @@ import time
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
-from coordinator import db, rounds, server, server_opt, testing, traffic
+from coordinator import db, devices, rounds, server, server_opt, testing, traffic
+from coordinator.app import create_app
 from keyboard.contribute import contribute, evaluate_global, flatten_delta
 from keyboard.device import Device, DeviceConfig
 from keyboard.transport import Transport
 from model.vocab import build_vocabulary
-from secagg import client, encoding
+from secagg import client, crypto, encoding
 from secagg.params import RoundParams
 
 N = 5
@@ -222,3 +224,17 @@ def test_phone_that_drops_after_share_keys_over_http(tmp_path, vocab):
 def _params(coord, rid):
     with coord.db.transaction() as s:
         return s.get(db.Round, rid).params
+
+
+def test_the_service_times_out_an_abandoned_round_on_its_own(tmp_path):
+    cfg = testing.fresh_config(tmp_path, round_stage_timeout_s=0.2, round_tick_s=0.05)
+    with TestClient(create_app(cfg)) as http:
+        coord = http.app.state.coordinator
+        for i in range(3):
+            devices.enrol(coord.db, f"d{i}", crypto.new_identity()[1], "on_device")
+        rid = rounds.open_round(coord, np.random.default_rng(0))
+        deadline = time.monotonic() + 10
+        while rounds.status(coord, rid)["status"] == "running":  # no request touches it
+            assert time.monotonic() < deadline, "the round never timed out"
+            time.sleep(0.05)
+        assert "advertised keys" in rounds.status(coord, rid)["reason"]
