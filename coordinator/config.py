@@ -66,6 +66,14 @@ class CoordinatorConfig:
             raise ValueError("request limit, rate and burst must be positive")
         if self.eval_preset not in ("default", "tiny"):
             raise ValueError(f"eval_preset must be 'default' or 'tiny', got {self.eval_preset!r}")
+        if self.round_cohort_size < 2 or self.round_overselect < 0:
+            raise ValueError("round_cohort_size must be >= 2 and round_overselect >= 0")
+        if min(self.round_stage_timeout_s, self.round_masked_input_timeout_s) <= 0:
+            raise ValueError("round stage timeouts must be positive")
+        if self.round_tick_s < 0 or self.server_learning_rate <= 0:
+            raise ValueError("round_tick_s must be >= 0 and server_learning_rate > 0")
+        if not 0 <= self.server_momentum < 1:
+            raise ValueError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
     @property

@@ -7,7 +7,7 @@ population simulator can drive the same object directly, without HTTP.
 import logging
 from dataclasses import dataclass
 
-from coordinator import db, evaluation
+from coordinator import db, evaluation, rounds
 from coordinator.cloud import CloudPredictor
 from coordinator.config import CoordinatorConfig
 from coordinator.registry import Registry
@@ -41,8 +41,6 @@ class Coordinator:
             log.info("version %d on public held-out users: %s", current.id, current.metrics)
         predictor = CloudPredictor(registry, vocab)
         coordinator = Coordinator(config, database, registry, vocab, predictor)
-        from coordinator import rounds  # imports this module
-
         # A round left running by a previous process resumes from its stored state, or is
         # aborted with the reason if that state cannot be loaded: none stays stuck.
         for rid in rounds.recover(coordinator):
