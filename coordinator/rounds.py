@@ -134,8 +134,8 @@ def submit(
         if complete:
             close_stage(coord, round_id, now, stage)
         with coord.db.transaction() as s:
-            row = s.get(db.Round, round_id)
-            return row.status if row.status != "running" else row.server_state["stage"]
+            st = s.scalars(select(db.Round.status).where(db.Round.id == round_id)).one()
+            return st if st != "running" else rs.stage_row(s, round_id).name
 
 
 def inbox(coord: Coordinator, round_id: int, device_id: str, stage: str) -> bytes | None:
