@@ -11,14 +11,14 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import api_errors, devices, schemas, traffic
+from coordinator import api_errors, devices, round_api, schemas, traffic
 from coordinator.api_errors import ApiError
 from coordinator.config import CoordinatorConfig
-from coordinator.middleware import LimitAndAccount
 from coordinator.ratelimit import TokenBucketLimiter
 from coordinator.service import Coordinator
 
@@ -43,7 +43,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
+        async with anyio.create_task_group() as tasks:
+            if config.round_tick_s > 0:
+                tasks.start_soon(round_api.tick_forever, coord, config.round_tick_s)
+            yield
+            tasks.cancel_scope.cancel()
         if coordinator is None:
             coord.close()
 
@@ -185,8 +189,13 @@ def create_app(
             traffic=traffic.totals(coord.db),
         )
 
+    app.include_router(round_api.router(coord, device, mark))
+
     def sink(device_id, endpoint, rows):
         traffic.record(coord.db, device_id, endpoint, rows)
 
-    app.add_middleware(LimitAndAccount, max_bytes=config.max_request_bytes, sink=sink)
+    # The global request limit, except round uploads: those get their round's own limit.
+    app.add_middleware(
+        round_api.RoundSizeLimit, coord=coord, max_bytes=config.max_request_bytes, sink=sink
+    )
     return app

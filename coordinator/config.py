@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import paths
+from secagg.config import DPConfig, SecAggConfig
 
 __all__ = ["CoordinatorConfig", "DEFAULT_DATA_DIR", "DEFAULT_PORT"]
 
@@ -41,6 +42,22 @@ class CoordinatorConfig:
     vocab_size: int = 10_000
     eval_preset: str = "default"
     eval_targets: int = 2_000
+    # Synchronous federated rounds (coordinator.rounds): cohort size asked for, extra fraction
+    # sampled on top to tolerate dropouts, and how long a stage waits for silent devices
+    # before closing without them (the masked-input stage gets its own, longer, timeout).
+    round_cohort_size: int = 100
+    round_overselect: float = 0.3
+    round_stage_timeout_s: float = 60.0
+    round_masked_input_timeout_s: float = 300.0
+    # How often the service closes timed-out stages on its own (0 = only on round requests).
+    round_tick_s: float = 5.0
+    secagg: SecAggConfig = field(default_factory=SecAggConfig.default)
+    # Server optimiser on the averaged delta: SGD with momentum (FedAvgM); momentum 0 = FedAvg.
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    # Central DP on each round's aggregate (Gaussian noise, privacy budget charged and
+    # enforced per round by `coordinator.round_result`); None = no noise.
+    dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -49,6 +66,14 @@ class CoordinatorConfig:
             raise ValueError("request limit, rate and burst must be positive")
         if self.eval_preset not in ("default", "tiny"):
             raise ValueError(f"eval_preset must be 'default' or 'tiny', got {self.eval_preset!r}")
+        if self.round_cohort_size < 2 or self.round_overselect < 0:
+            raise ValueError("round_cohort_size must be >= 2 and round_overselect >= 0")
+        if min(self.round_stage_timeout_s, self.round_masked_input_timeout_s) <= 0:
+            raise ValueError("round stage timeouts must be positive")
+        if self.round_tick_s < 0 or self.server_learning_rate <= 0:
+            raise ValueError("round_tick_s must be >= 0 and server_learning_rate > 0")
+        if not 0 <= self.server_momentum < 1:
+            raise ValueError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
     @property
@@ -70,4 +95,8 @@ class CoordinatorConfig:
             eval_preset="tiny",
             eval_targets=50,
             train_steps=2,
+            round_cohort_size=4,
+            round_stage_timeout_s=20.0,
+            round_masked_input_timeout_s=30.0,
+            secagg=SecAggConfig.tiny(),
         )

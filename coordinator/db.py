@@ -114,6 +114,14 @@ class Round(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Filled by `coordinator.rounds`: public round parameters, cohort (secagg id -> device id),
+    # the serialised secagg ServerState (masked running sum only, never one input), the
+    # server's pending message per device, and why an aborted round stopped.
+    params: Mapped[dict | None] = mapped_column(JSON)
+    members: Mapped[dict | None] = mapped_column(JSON)
+    server_state: Mapped[dict | None] = mapped_column(JSON)
+    outbox: Mapped[dict | None] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(String(1000))
 
 
 class Stage(Base):

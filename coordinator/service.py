@@ -7,7 +7,7 @@ population simulator can drive the same object directly, without HTTP.
 import logging
 from dataclasses import dataclass
 
-from coordinator import db, evaluation
+from coordinator import db, evaluation, rounds
 from coordinator.cloud import CloudPredictor
 from coordinator.config import CoordinatorConfig
 from coordinator.registry import Registry
@@ -39,7 +39,13 @@ class Coordinator:
                 registry, current.id, config.eval_preset, config.eval_targets
             )
             log.info("version %d on public held-out users: %s", current.id, current.metrics)
-        return Coordinator(config, database, registry, vocab, CloudPredictor(registry, vocab))
+        predictor = CloudPredictor(registry, vocab)
+        coordinator = Coordinator(config, database, registry, vocab, predictor)
+        # A round left running by a previous process resumes from its stored state, or is
+        # aborted with the reason if that state cannot be loaded: none stays stuck.
+        for rid in rounds.recover(coordinator):
+            log.warning("round %d aborted on restart", rid)
+        return coordinator
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,130 @@
+"""HTTP routes of federated rounds: thin handlers over `coordinator.rounds`.
+
+  GET  /v1/rounds/current            is this device in a running round: params, its client id,
+                                      its neighbours' identity keys, the stage, and which
+                                      stage's server message waits in its inbox
+  GET  /v1/rounds/{id}               public status of a round (stage, reason, new version)
+  GET  /v1/rounds/{id}/inbox?stage=s the server's binary message that lets it answer stage s
+                                      (200 octet-stream; 204 not yet; 409 round over/dropped)
+  POST /v1/rounds/{id}/{stage}       one binary secagg message (application/octet-stream)
+
+Protocol errors (replays, wrong stage, another round) are 409 and bad bytes or signatures 400,
+all JSON, and change nothing. Masked inputs are larger than the global request limit: the size
+limit of a round's upload routes is the round's own `max_message_bytes` (`RoundSizeLimit`).
+"""
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from coordinator import api_errors, devices, rounds
+from coordinator.errors import CoordinatorError
+from coordinator.middleware import LimitAndAccount
+from coordinator.service import Coordinator
+
+__all__ = ["router", "RoundSizeLimit", "tick_forever"]
+
+log = logging.getLogger(__name__)
+
+ERRORS = api_errors.responses(400, 401, 404, 409, 413, 429)
+_UPLOAD = re.compile(r"^/v1/rounds/(\d+)/[a-z_]+$")
+
+
+def _kind_in(stage: str) -> str:
+    return "masked_vector" if stage == "masked_input" else "secagg"
+
+
+def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., None]) -> APIRouter:
+    """The round routes; `device` is the app's bearer dependency, `mark` its traffic marker."""
+    r = APIRouter()
+    authed = Annotated[devices.DeviceInfo, Depends(device)]
+
+    @r.get("/v1/rounds/current", responses=ERRORS)
+    def current(request: Request, dev: authed) -> dict:
+        rounds.tick(coord)
+        view = rounds.current_for(coord, dev.id)
+        mark(request, dev.id, "/v1/rounds/current", "request", "round_task")
+        if view is None:
+            return {"round_id": None}
+        return {
+            "round_id": view.round_id,
+            "status": view.status,
+            "stage": view.stage,
+            "client_id": view.client_id,
+            "params": view.params,
+            "identities": {str(k): v.hex() for k, v in view.identities.items()},
+            "pending": view.pending,
+            "model_version": view.model_version,
+        }
+
+    @r.get("/v1/rounds/{round_id}", responses=ERRORS)
+    def round_status(round_id: int, request: Request, dev: authed) -> dict:
+        rounds.tick(coord)
+        mark(request, dev.id, "/v1/rounds/{id}", "request", "round_status")
+        st = rounds.status(coord, round_id)
+        return {k: st[k] for k in ("round_id", "status", "stage", "reason", "result_version")}
+
+    @r.get("/v1/rounds/{round_id}/inbox", responses=ERRORS)
+    def inbox(
+        round_id: int, request: Request, dev: authed, stage: Annotated[str, Query()]
+    ) -> Response:
+        msg = rounds.inbox(coord, round_id, dev.id, stage)
+        mark(request, dev.id, "/v1/rounds/{id}/inbox", "request", "secagg")
+        if msg is None:
+            return Response(status_code=204)
+        return Response(msg, media_type="application/octet-stream")
+
+    @r.post("/v1/rounds/{round_id}/{stage}", status_code=202, responses=ERRORS)
+    async def upload(round_id: int, stage: str, request: Request, dev: authed) -> dict:
+        body = await request.body()
+        after = await anyio.to_thread.run_sync(rounds.submit, coord, round_id, dev.id, stage, body)
+        mark(request, dev.id, "/v1/rounds/{id}/{stage}", _kind_in(stage), "ack")
+        return {"accepted": True, "round_id": round_id, "stage": after}
+
+    return r
+
+
+class RoundSizeLimit:
+    """The request limit and accounting of `LimitAndAccount`, with round uploads limited by
+    their round's `max_message_bytes` instead of the global limit."""
+
+    def __init__(self, app, coord: Coordinator, max_bytes: int, sink) -> None:
+        self.app, self.coord, self.sink = app, coord, sink
+        self.default = LimitAndAccount(app, max_bytes, sink)
+        self._limits: dict[int, int] = {}  # round id -> its limit (params never change)
+
+    async def _limit(self, round_id: int) -> int | None:
+        if round_id not in self._limits:
+            try:
+                n = await anyio.to_thread.run_sync(rounds.max_message_bytes, self.coord, round_id)
+            except CoordinatorError:
+                return None  # unknown round: the global limit, then the handler's 404
+            self._limits[round_id] = n
+        return self._limits[round_id]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            m = _UPLOAD.match(scope["path"])
+            if m:
+                limit = await self._limit(int(m.group(1)))
+                if limit is not None:
+                    inner = LimitAndAccount(self.app, limit, self.sink)
+                    await inner(scope, receive, send)
+                    return
+        await self.default(scope, receive, send)
+
+
+async def tick_forever(coord: Coordinator, interval_s: float) -> None:
+    """Close timed-out stages every `interval_s`, so a round whose devices all went silent
+    ends on time even when nobody asks about it (the app runs this for its lifetime)."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await anyio.to_thread.run_sync(rounds.tick, coord)
+        except Exception:  # keep ticking: one failed tick must not stop the round clock
+            log.exception("closing timed-out round stages failed")
