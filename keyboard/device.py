@@ -42,8 +42,8 @@ class CloudUnavailable(RuntimeError):
 class DeviceConfig:
     data_dir: Path  # this phone's private directory
     min_new_words: int = 40  # new typed words needed before a local training run
-    local_epochs: int = 2  # passes over the new training text per run
-    lr: float = 3e-3  # constant Adam rate on the device (few, noisy batches)
+    local_epochs: int = 1  # passes over the new training text per run (bench/personalization)
+    lr: float = 1e-3  # constant Adam rate on the device (bench/personalization)
     holdout_every: int = 5  # every n-th message is held back for federated evaluation
     passphrase: str | None = None  # derive the store key (scrypt) instead of a key file
 
