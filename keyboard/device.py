@@ -82,6 +82,10 @@ class Device:
         )
         return cls(config, key, vocab or build_vocabulary())
 
+    def sealed(self, name: str, default: object) -> store.SealedDocument:
+        """Another document in this phone's sealed store (e.g. the transport's credentials)."""
+        return store.SealedDocument(Path(self.config.data_dir) / name, self._key, default)
+
     # -- the model ------------------------------------------------------------------------
     def _load_current(self) -> None:
         current = self.models / "current.json"

@@ -10,7 +10,6 @@ of its local data, never written in the clear.
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +39,7 @@ class Credentials:
 
 def _credentials_doc(device: Device) -> store.SealedDocument:
     # Sealed with the device's store key, like the typing history (keyboard.store).
-    return store.SealedDocument(Path(device.config.data_dir) / "credentials.bin", device._key, {})
+    return device.sealed("credentials.bin", {})
 
 
 class Transport:
