@@ -4,8 +4,12 @@
 default each test gets its own SQLite file. A shared database is emptied before each use.
 """
 
+import contextlib
 import dataclasses
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from Crypto.PublicKey import ECC
@@ -14,7 +18,14 @@ from sqlalchemy import create_engine, select
 from coordinator import db
 from coordinator.config import CoordinatorConfig
 
-__all__ = ["ENV_DATABASE_URL", "fresh_database_url", "fresh_config", "new_public_key", "snapshot"]
+__all__ = [
+    "ENV_DATABASE_URL",
+    "fresh_database_url",
+    "fresh_config",
+    "new_public_key",
+    "snapshot",
+    "live_server",
+]
 
 ENV_DATABASE_URL = "SOTTO_TEST_DATABASE_URL"
 
@@ -49,3 +60,27 @@ def snapshot(database: db.Database) -> dict[str, list[tuple]]:
             rows = s.execute(select(table).order_by(*table.primary_key.columns)).all()
             out[table.name] = [tuple(r) for r in rows]
     return out
+
+
+@contextlib.contextmanager
+def live_server(cfg: CoordinatorConfig) -> Iterator[tuple[str, object]]:
+    """A real uvicorn server for `cfg` on loopback (port 0: the OS picks one), in a thread,
+    stopped cleanly; yields (base URL, the running `Coordinator`)."""
+    from coordinator import server
+
+    srv = server.build_server(cfg)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the coordinator did not start")
+        time.sleep(0.02)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", srv.config.app.state.coordinator
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+    if thread.is_alive():
+        raise RuntimeError("the coordinator did not stop")

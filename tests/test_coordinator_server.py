@@ -5,7 +5,6 @@ import base64
 import io
 import logging
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -64,18 +63,8 @@ def test_everything_survives_a_restart(tmp_path):
 def live(tmp_path):
     """A real uvicorn server on a free loopback port, in a thread, stopped cleanly."""
     cfg = testing.fresh_config(tmp_path)  # port 0: the OS picks a free one
-    srv = server.build_server(cfg)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", srv.config.app.state.coordinator
-    srv.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "server did not stop"
+    with testing.live_server(cfg) as served:
+        yield served
 
 
 def test_phone_over_real_http(live):

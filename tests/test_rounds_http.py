@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from coordinator import db, devices, rounds, server, server_opt, testing, traffic
+from coordinator import db, devices, rounds, server_opt, testing, traffic
 from coordinator.app import create_app
 from keyboard.contribute import contribute, evaluate_global, flatten_delta
 from keyboard.device import Device, DeviceConfig
@@ -43,18 +43,8 @@ def serving(tmp_path, **overrides):
         **{"round_cohort_size": N, "round_overselect": 0, "rate_per_second": 1e4,
            "rate_burst": 10_000, **overrides},
     )  # fmt: skip
-    srv = server.build_server(cfg)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", srv.config.app.state.coordinator
-    srv.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "server did not stop"
+    with testing.live_server(cfg) as served:
+        yield served
 
 
 @pytest.fixture
