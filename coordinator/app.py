@@ -139,6 +139,13 @@ def create_app(
         mark(request, dev.id, "/v1/versions/{id}/device_part", "request", "device_part")
         return Response(payload, media_type="application/octet-stream")
 
+    @app.post("/v1/mode", responses=api_errors.responses(400, 401, 413, 422, 429))
+    def set_mode(body: schemas.ModeRequest, request: Request, dev: authed) -> dict:
+        devices.set_mode(coord.db, dev.id, body.mode)
+        mark(request, dev.id, "/v1/mode", "request", "checkin")
+        log.info("device %s switched to %s", dev.id, body.mode)
+        return {"device_id": dev.id, "mode": body.mode}
+
     @app.post(
         "/v1/predict",
         response_model=schemas.PredictResponse,

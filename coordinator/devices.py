@@ -19,6 +19,7 @@ from coordinator.errors import Conflict, Invalid, NotFound
 
 __all__ = [
     "MODES",
+    "set_mode",
     "DeviceInfo",
     "hash_token",
     "check_public_key",
@@ -114,6 +115,19 @@ def checkin(database: db.Database, device_id: str, version_in_use: int | None) -
             raise NotFound(f"no version {version_in_use}")
         row.last_seen = db.utcnow()
         row.model_version = version_in_use
+
+
+def set_mode(database: db.Database, device_id: str, mode: str) -> None:
+    """The user flipped "Process on device": cloud devices may predict, only on-device ones
+    train and join rounds."""
+    if mode not in MODES:
+        raise Invalid(f"mode must be one of {MODES}, got {mode!r}")
+    with database.transaction() as s:
+        row = s.get(db.Device, device_id)
+        if row is None:
+            raise NotFound(f"no device {device_id!r}")
+        row.mode = mode
+        row.last_seen = db.utcnow()
 
 
 def count_by_mode(database: db.Database) -> dict[str, int]:

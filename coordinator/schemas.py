@@ -18,6 +18,7 @@ __all__ = [
     "EnrolRequest",
     "EnrolResponse",
     "CheckinRequest",
+    "ModeRequest",
     "Download",
     "Training",
     "CheckinResponse",
@@ -62,6 +63,10 @@ class EnrolResponse(BaseModel):
     device_id: str
     token: str = Field(description="bearer token; shown once, only its hash is stored")
     mode: str
+
+
+class ModeRequest(Strict):
+    mode: Literal["on_device", "cloud"]
 
 
 class CheckinRequest(Strict):

@@ -136,7 +136,10 @@ class Device:
             return self.model.suggest(typed)
         if self.cloud_predict is None:
             raise CloudUnavailable("cloud mode needs the coordinator, which is not reachable")
-        return self.cloud_predict(typed)
+        try:
+            return self.cloud_predict(typed)
+        except Exception as e:  # the network, or the coordinator refusing: say so, keep going
+            raise CloudUnavailable(f"cloud mode: the coordinator did not answer ({e})") from e
 
     def commit(self, message: str) -> bool:
         """A finished message: kept (sealed) for local learning in on-device mode only."""

@@ -138,6 +138,11 @@ class Transport:
         return True
 
     # -- cloud mode -----------------------------------------------------------------------
+    def set_mode(self, on_device: bool) -> None:
+        """Tell the coordinator which path this phone takes (it gates predict and rounds)."""
+        mode = "on_device" if on_device else "cloud"
+        self.request("POST", "/v1/mode", "checkin", f"mode {mode}", json={"mode": mode})
+
     def predict(self, typed: str) -> list[str]:
         r = self.request("POST", "/v1/predict", "raw_text", typed, json={"text": typed})
         return list(r.json()["suggestions"])

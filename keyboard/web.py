@@ -6,6 +6,7 @@ only: it is the phone's own screen, not a network service.
 """
 
 import threading
+from collections.abc import Callable
 from importlib import resources
 
 import numpy as np
@@ -32,7 +33,10 @@ class Idle(BaseModel):
     idle_and_charging: bool = True
 
 
-def create_app(device: Device, seed: int = 0) -> FastAPI:
+def create_app(
+    device: Device, seed: int = 0, on_toggle: Callable[[bool], None] | None = None
+) -> FastAPI:
+    """`on_toggle(on_device)` tells the coordinator (if any) about the switch."""
     app = FastAPI(title="Sotto keyboard", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one phone: requests change its state one at a time
     rng = np.random.default_rng(seed)
@@ -59,7 +63,13 @@ def create_app(device: Device, seed: int = 0) -> FastAPI:
     def toggle(body: Toggle) -> dict:
         with lock:
             device.set_on_device(body.on_device)
-            return device.stats()
+            note = None
+            if on_toggle is not None:
+                try:
+                    on_toggle(body.on_device)
+                except Exception as e:  # offline: the phone still switches locally
+                    note = f"coordinator not told: {e}"
+            return {**device.stats(), "note": note}
 
     @app.post("/api/train")
     def train(body: Idle) -> dict:

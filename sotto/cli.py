@@ -49,7 +49,7 @@ def _export(args: argparse.Namespace) -> None:
 def _keyboard(args: argparse.Namespace) -> None:
     from keyboard import serve
 
-    serve.serve(Path(args.data_dir), args.host, args.port)
+    serve.serve(Path(args.data_dir), args.host, args.port, args.coordinator)
 
 
 def _data(args: argparse.Namespace) -> None:
@@ -65,23 +65,9 @@ def _prompt(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from keyboard import serve
-    from model import export, pipeline
+    from sotto import demo
 
-    base = Path(args.base)
-    if not pipeline.has_checkpoint(base):
-        print(f"No pretrained base in {base}: pretraining on public users first (a few minutes).")
-        pipeline.pretrain(
-            base,
-            pipeline.data_config("default"),
-            pipeline.model_config("default"),
-            pipeline.pretrain_config("default"),
-        )
-    if not paths.BASE_TFLITE.exists():
-        print("Exporting the base to LiteRT (the model the phone runs).")
-        export.export_checkpoint(base, paths.BASE_TFLITE)
-    print(f"Sotto keyboard: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops).")
-    serve.serve(Path(args.data_dir), args.host, args.port)
+    demo.run(Path(args.base), Path(args.data_dir), args.host, args.port, args.coordinator_port)
 
 
 def _coordinator(args: argparse.Namespace) -> None:
@@ -133,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=str(paths.RUNS / "phone"), help="this phone's data")
     s.add_argument("--host", default="127.0.0.1", help="listen address (loopback: the phone)")
     s.add_argument("--port", type=int, default=8600)
+    s.add_argument("--coordinator", default=None, help="coordinator URL (default: offline)")
     s.set_defaults(func=_keyboard)
 
     s = sub.add_parser("data", help="users, words and OOV rate of every split")
@@ -143,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=str(paths.BASE_DIR))
     s.set_defaults(func=_prompt)
 
-    s = sub.add_parser("demo", help="the main job: pretrain/export if needed, then the keyboard")
+    s = sub.add_parser("demo", help="the main job: the coordinator and a phone's keyboard")
     s.add_argument("--base", default=str(paths.BASE_DIR))
     s.add_argument("--data-dir", default=str(paths.RUNS / "phone"), help="the phone's data")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8600)
+    s.add_argument("--port", type=int, default=8600, help="the keyboard's port")
+    s.add_argument("--coordinator-port", type=int, default=8470)
     s.set_defaults(func=_demo)
 
     s = sub.add_parser("coordinator", help="run the coordinator service (HTTP API + database)")
@@ -171,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("jax").setLevel(logging.WARNING)  # "no TPU backend" is not news on a laptop
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the privacy log already lists requests
     try:
         args.func(args)
     except (FileNotFoundError, ValueError) as e:

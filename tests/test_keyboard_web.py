@@ -46,3 +46,43 @@ def test_bad_requests_get_clear_errors(client):
     assert client.post("/api/suggest", json={"text": "a" * (MAX_TEXT + 1)}).status_code == 422
     assert client.post("/api/toggle", json={"on_device": "maybe"}).status_code == 422
     assert client.get("/api/stats").json()["messages"] == 0  # nothing changed
+
+
+def test_phone_on_a_coordinator_shows_raw_text_only_in_cloud_mode(tmp_path):
+    from coordinator import devices, testing
+    from keyboard import serve
+
+    with testing.live_server(testing.fresh_config(tmp_path / "server")) as (url, coord):
+        dev = Device.open(DeviceConfig(tmp_path / "phone"))
+        transport = serve.connect(dev, url)
+        assert dev.version == 1  # the coordinator's current version was installed
+        with TestClient(create_app(dev, on_toggle=transport.set_mode)) as c:
+            assert c.post("/api/toggle", json={"on_device": False}).json()["note"] is None
+            assert devices.get(coord.db, transport.credentials.device_id).mode == "cloud"
+            out = c.post("/api/suggest", json={"text": "how are "}).json()
+            assert "you" in out["suggestions"]
+            last = c.get("/api/privacy_log").json()["entries"][-1]
+            assert (last["kind"], last["contents"], last["endpoint"]) == (
+                "raw_text",
+                "how are ",
+                "/v1/predict",
+            )
+            c.post("/api/toggle", json={"on_device": True})
+            before = len(c.get("/api/privacy_log").json()["entries"])
+            c.post("/api/suggest", json={"text": "see you "})
+            kinds = [e["kind"] for e in c.get("/api/privacy_log").json()["entries"][before:]]
+            assert kinds == []  # on device: a suggestion sends nothing
+        transport.close()
+
+
+def test_phone_without_its_coordinator_keeps_working(tmp_path):
+    from keyboard import serve
+
+    dev = Device.open(DeviceConfig(tmp_path / "phone"))
+    transport = serve.connect(dev, "http://127.0.0.1:9")  # nothing listens there
+    with TestClient(create_app(dev, on_toggle=transport.set_mode)) as c:
+        assert "you" in c.post("/api/suggest", json={"text": "how are "}).json()["suggestions"]
+        assert "not told" in c.post("/api/toggle", json={"on_device": False}).json()["note"]
+        out = c.post("/api/suggest", json={"text": "how are "}).json()
+        assert out["offline"] and "did not answer" in out["error"]
+    transport.close()
