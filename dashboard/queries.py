@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from coordinator import db
 from coordinator.config import CoordinatorConfig
@@ -30,6 +30,8 @@ __all__ = [
     "DENSE_UPDATE_BYTES",
     "DashboardError",
     "default_url",
+    "ledger_path",
+    "display_url",
     "connect",
     "check",
     "quality",
@@ -64,8 +66,36 @@ def default_url() -> str:
     return os.environ.get(ENV_URL) or CoordinatorConfig.default().db_url
 
 
+def ledger_path(url: str) -> Path | None:
+    """The coordinator's privacy ledger: `SOTTO_PRIVACY_LEDGER`, else (SQLite) the file next
+    to the database in the data dir; None if neither applies. The epsilon limit lives there,
+    not in the database."""
+    if os.environ.get(ENV_LEDGER):
+        return Path(os.environ[ENV_LEDGER])
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        return Path(u.database).parent / "privacy_ledger.json"
+    return None
+
+
+def display_url(url: str) -> str:
+    """`url` without its password, for the page header."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a valid database URL)"
+
+
 def connect(url: str) -> Engine:
-    """A read-only engine for `url` (nothing is opened until the first query)."""
+    """A read-only engine for `url` (nothing is opened until the first query);
+    DashboardError for a URL that cannot name a database."""
+    try:
+        return _connect(url)
+    except (ArgumentError, ImportError) as e:  # bad URL, or no driver for its dialect
+        raise DashboardError(f"cannot use the database URL {display_url(url)}: {e}") from e
+
+
+def _connect(url: str) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         path = u.database or ""
@@ -237,6 +267,7 @@ def bytes_per_round(engine: Engine) -> pd.DataFrame:
         active = [d for d in members if up[d] or down[d]]  # devices that took part at all
         dim = (row.params or {}).get("dim")
         mean_up = sum(up[d] for d in active) / len(active) if active else None
+        top_up = max((up[d] for d in active), default=None)
         out.append(
             {
                 "round": row.id,
@@ -248,11 +279,13 @@ def bytes_per_round(engine: Engine) -> pd.DataFrame:
                 "bytes_down_per_device": (
                     sum(down[d] for d in active) / len(active) if active else None
                 ),
-                "max_bytes_up_device": max((up[d] for d in active), default=None),
+                "max_bytes_up_device": top_up,
                 "device_part_params": dim,
                 "dense_device_part_bytes": dim * 4 if dim else None,
                 "dense_full_model_bytes": DENSE_UPDATE_BYTES,
-                "compression_vs_full": DENSE_UPDATE_BYTES / mean_up if mean_up else None,
+                # Against one full participant's upload (the largest), not the mean, which a
+                # device that dropped early pulls down.
+                "compression_vs_full": DENSE_UPDATE_BYTES / top_up if top_up else None,
             }
         )
     cols = [
@@ -285,7 +318,7 @@ def _ledger(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def privacy(engine: Engine, ledger_path: Path | None = None) -> dict[str, Any]:
+def privacy(engine: Engine, ledger_file: Path | None = None) -> dict[str, Any]:
     """Epsilon spent per version (from round metrics), the clip norm of the rounds, and the
     budget from the coordinator's privacy ledger file when it can be read.
 
@@ -314,7 +347,7 @@ def privacy(engine: Engine, ledger_path: Path | None = None) -> dict[str, Any]:
     ]
     clips = [c for c in clips if c is not None]
     noised = df.dropna(subset=["epsilon"])
-    ledger = _ledger(ledger_path)
+    ledger = _ledger(ledger_file)
     cfg = (ledger or {}).get("config", {})
     return {
         "per_version": df,
