@@ -144,17 +144,18 @@ def _bytes_tab(engine) -> None:
         last = took_part.iloc[-1]
         c = st.columns(4)
         c[0].metric(
-            f"Upload per device, round {int(last['round'])}", _bytes(last["bytes_up_per_device"])
+            f"Upload of one device, round {int(last['round'])}",
+            _bytes(last["max_bytes_up_device"]),
         )
         c[1].metric(
-            f"Download per device, round {int(last['round'])}",
+            f"Mean download per device, round {int(last['round'])}",
             _bytes(last["bytes_down_per_device"]),
         )
         c[2].metric("Dense float32 update, full model", _bytes(q.DENSE_UPDATE_BYTES))
         c[3].metric("Compression vs dense", f"{last['compression_vs_full']:.1f}x")
         bars = pd.DataFrame(
             [
-                {"what": "upload per device (this system)", "bytes": last["bytes_up_per_device"]},
+                {"what": "upload of one device (Sotto)", "bytes": last["max_bytes_up_device"]},
                 {"what": "dense float32, device part", "bytes": last["dense_device_part_bytes"]},
                 {"what": "dense float32, full model", "bytes": q.DENSE_UPDATE_BYTES},
             ]
