@@ -8,6 +8,7 @@ live coordinator can never change its state. Table layout: `coordinator.db`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from datetime import UTC, datetime
@@ -243,28 +244,26 @@ def stages(engine: Engine) -> pd.DataFrame:
 
 def bytes_per_round(engine: Engine) -> pd.DataFrame:
     """Per round: bytes each cohort device sent and received on the round endpoints (from the
-    traffic table, within the round's time window), against a dense float32 update.
+    traffic table), against a dense float32 update.
 
-    Traffic rows carry no round id; one round runs at a time, so a member's round requests
-    between the round's start and end belong to it.
+    Traffic rows carry no round id. One round runs at a time, so a member's round request
+    belongs to the last round that started before it; not to a window ending at `ended_at`,
+    because the request that closes a round is recorded just after the round's end time.
     """
     r, t = db.Round.__table__, db.Traffic.__table__
-    traffic = _rows(
-        engine,
-        select(t.c.device_id, t.c.direction, t.c.bytes, t.c.at).where(
-            t.c.endpoint.startswith(_ROUND_ENDPOINT)
-        ),
-    )
+    rows = _rows(engine, select(r).order_by(r.c.started_at, r.c.id))
+    starts = [_utc(row.started_at) for row in rows]
+    members = [set(((row.members or {}).get("devices") or {}).values()) for row in rows]
+    ups = [dict.fromkeys(m, 0) for m in members]
+    downs = [dict.fromkeys(m, 0) for m in members]
+    q = select(t.c.device_id, t.c.direction, t.c.bytes, t.c.at)
+    for d, direction, n, at in _rows(engine, q.where(t.c.endpoint.startswith(_ROUND_ENDPOINT))):
+        i = bisect.bisect_right(starts, _utc(at)) - 1
+        if i >= 0 and d in members[i]:
+            (ups[i] if direction == "in" else downs[i])[d] += int(n)
     out = []
-    for row in _rows(engine, select(r).order_by(r.c.id)):
-        members = set(((row.members or {}).get("devices") or {}).values())
-        start, end = _utc(row.started_at), _utc(row.ended_at) or datetime.max.replace(tzinfo=UTC)
-        up = dict.fromkeys(members, 0)
-        down = dict.fromkeys(members, 0)
-        for d, direction, n, at in traffic:
-            if d in members and start <= _utc(at) <= end:
-                (up if direction == "in" else down)[d] += int(n)
-        active = [d for d in members if up[d] or down[d]]  # devices that took part at all
+    for row, up, down in sorted(zip(rows, ups, downs, strict=True), key=lambda x: x[0].id):
+        active = [d for d in up if up[d] or down[d]]  # devices that took part at all
         dim = (row.params or {}).get("dim")
         mean_up = sum(up[d] for d in active) / len(active) if active else None
         top_up = max((up[d] for d in active), default=None)
