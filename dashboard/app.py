@@ -225,12 +225,9 @@ def _devices(engine) -> None:
         return
     st.subheader("Versions in use")
     used = d["model_version"].fillna(0).astype(int).value_counts().sort_index()
-    st.dataframe(
-        pd.DataFrame({"model_version": used.index, "devices": used.values}).replace(
-            {"model_version": {0: "not reported"}}
-        ),
-        hide_index=True,
-    )
+    # One type per column (Arrow): version numbers as text, 0 = the device never reported one.
+    label = [str(v) if v else "not reported" for v in used.index]
+    st.dataframe(pd.DataFrame({"model_version": label, "devices": used.values}), hide_index=True)
     st.subheader("Devices")
     st.dataframe(d, hide_index=True)
     st.subheader("Raw typed text received (cloud mode; counts only, the text is never stored)")
