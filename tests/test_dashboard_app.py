@@ -2,8 +2,10 @@
 database filled by a real short federated run, a fresh database its empty state, and a
 database that cannot be read a clear error."""
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import create_engine, text
 from streamlit.testing.v1 import AppTest
@@ -12,7 +14,8 @@ from coordinator import db
 from dashboard import queries as q
 from dashboard import sample
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,34 @@ def test_every_tab_shows_the_run(monkeypatch, run):
     assert "Noise multiplier: 2" in _texts(at.markdown)
 
 
+def _chart_data(chart) -> list:
+    """The data sets of an Altair chart as Streamlit sends them (Arrow IPC), in layer order."""
+    by_name = {d.name: pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets}
+    spec = json.loads(chart.proto.spec)
+    return [by_name[layer["data"]["name"]] for layer in spec.get("layer", [spec])]
+
+
+def test_quality_chart_has_both_evaluations_and_the_reference_lines(monkeypatch, run):
+    at = _app(monkeypatch, run.url)
+    chart = at.get("vega_lite_chart")[0]  # the first chart: the Quality tab
+    lines, refs = _chart_data(chart)
+    spec = json.loads(chart.proto.spec)
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line", "rule"]
+    fed = lines[lines["measure"] == "federated top-1"]
+    assert fed[["version", "accuracy"]].values.tolist() == [[2, 0.25], [3, 0.25]]
+    server = lines[lines["measure"] == "server top-1"]
+    quality = q.quality(q.connect(run.url))
+    assert server["accuracy"].tolist() == quality["public_top1"].tolist()
+    bench = json.loads((ROOT / "bench" / "results" / "quality.json").read_text())
+    held = bench["chitchat_heldout"]
+    assert dict(refs.values.tolist()) == {
+        "3-gram baseline top-1": held["ngram"]["top1"],
+        "3-gram baseline top-3": held["ngram"]["top3"],
+        "centralised (upper bound) top-1": held["centralized"]["top1"],
+        "centralised (upper bound) top-3": held["centralized"]["top3"],
+    }
+
+
 def test_auto_refresh_toggle_offers_an_interval(monkeypatch, run):
     at = _app(monkeypatch, run.url)
     assert not at.sidebar.number_input
@@ -111,6 +142,7 @@ def test_fresh_database_shows_the_empty_state(monkeypatch, tmp_path):
     assert "No rounds yet" in info and "No model versions yet" in info
     assert "No devices enrolled yet" in info
     assert _metrics(at)["Devices enrolled"] == "0"
+    assert "Differential privacy is off" in _texts(at.warning)
 
 
 @pytest.mark.parametrize(
