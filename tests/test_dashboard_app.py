@@ -5,14 +5,17 @@ database that cannot be read a clear error."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from sqlalchemy import create_engine, text
 from streamlit.testing.v1 import AppTest
 
-from coordinator import db
+from coordinator import db, devices, rounds, testing
+from coordinator.service import Coordinator
 from dashboard import queries as q
 from dashboard import sample
+from secagg import crypto
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -143,6 +146,24 @@ def test_fresh_database_shows_the_empty_state(monkeypatch, tmp_path):
     assert "No devices enrolled yet" in info
     assert _metrics(at)["Devices enrolled"] == "0"
     assert "Differential privacy is off" in _texts(at.warning)
+
+
+def test_a_running_round_shows_while_the_coordinator_holds_the_database(monkeypatch, tmp_path):
+    coord = Coordinator.open(testing.fresh_config(tmp_path, round_cohort_size=2))
+    try:
+        for i in range(3):
+            devices.enrol(coord.db, f"d{i}", crypto.new_identity()[1], "on_device")
+        rid = rounds.open_round(coord, np.random.default_rng(0))
+        at = _app(monkeypatch, coord.config.db_url)
+        assert "A round is running." in _texts(at.caption)
+        m = _metrics(at)
+        assert (m["Running"], m["Rounds done"], m["Devices enrolled"]) == ("1", "0", "3")
+        frames = [d.value for d in at.dataframe]
+        table = next(f for f in frames if "dropped_masked_input" in f.columns)
+        assert table[["round", "status", "cohort"]].values.tolist() == [[rid, "running", 3]]
+        assert table["duration_s"].isna().all()
+    finally:
+        coord.close()
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 with a dropout, one aborted; a cloud-mode phone), checked against what the devices sent."""
 
 import json
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from coordinator import db, server_opt
@@ -189,7 +190,7 @@ def test_unreachable_databases_raise_a_readable_error(url, reason):
 
 def test_a_database_without_sotto_tables_is_named_as_such(tmp_path):
     path = tmp_path / "other.sqlite3"
-    db_other = q.create_engine(f"sqlite:///{path}")
+    db_other = create_engine(f"sqlite:///{path}")
     with db_other.begin() as c:
         c.execute(text("CREATE TABLE t (x INTEGER)"))
     db_other.dispose()
@@ -211,7 +212,7 @@ def test_ledger_path_and_default_url(monkeypatch, tmp_path):
 
 
 def test_reference_lines_come_from_the_bench_results(tmp_path):
-    ref = q.reference_quality(q.Path(__file__).parent.parent / "bench/results/quality.json")
+    ref = q.reference_quality(Path(__file__).parent.parent / "bench/results/quality.json")
     assert ref["3-gram baseline"] == {"top1": 0.21633269649442396, "top3": 0.3551593472506966}
     assert ref["centralised (upper bound)"]["top1"] == 0.23670731010669696
     assert q.reference_quality(tmp_path / "missing.json") == {}
