@@ -118,9 +118,10 @@ def _rounds(engine) -> None:
     c[2].metric("Running", int((df["status"] == "running").sum()))
     c[3].metric("Dropouts (all rounds)", int(df["dropped_total"].sum()))
     st.dataframe(df, hide_index=True)
-    g = q.stages(engine).dropna(subset=["duration_s"])
+    every = q.stages(engine)
+    st.subheader("Stages: duration and secure-aggregation bytes")
+    g = every.dropna(subset=["duration_s"])  # the open stage of a running round has none yet
     if not g.empty:
-        st.subheader("Duration per stage")
         st.altair_chart(
             alt.Chart(g)
             .mark_bar()
@@ -132,7 +133,7 @@ def _rounds(engine) -> None:
             ),
             width="stretch",
         )
-        st.dataframe(q.stages(engine), hide_index=True)
+    st.dataframe(every, hide_index=True)
 
 
 def _bytes_tab(engine) -> None:
@@ -243,9 +244,12 @@ def _body(url: str) -> None:
     try:
         engine = _engine(url)
         q.check(engine)
+        _pages(engine, url)
     except q.DashboardError as e:
         st.error(f"Database unavailable. {e}")
-        return
+
+
+def _pages(engine, url: str) -> None:
     s = q.summary(engine)
     if s["rounds"] == 0:
         st.info(EMPTY_ROUNDS)

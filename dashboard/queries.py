@@ -139,8 +139,14 @@ def _seconds(a: datetime | None, b: datetime | None) -> float | None:
 
 
 def _rows(engine: Engine, q) -> list:
-    with engine.connect() as c:
-        return c.execute(q).all()
+    # The database may go away between `check` and a query (a restart, a network cut): the
+    # page reports it like an unreachable database instead of showing a traceback.
+    try:
+        with engine.connect() as c:
+            return c.execute(q).all()
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise DashboardError(f"reading the database failed: {reason}") from e
 
 
 def quality(engine: Engine) -> pd.DataFrame:

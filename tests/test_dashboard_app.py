@@ -162,6 +162,8 @@ def test_a_running_round_shows_while_the_coordinator_holds_the_database(monkeypa
         table = next(f for f in frames if "dropped_masked_input" in f.columns)
         assert table[["round", "status", "cohort"]].values.tolist() == [[rid, "running", 3]]
         assert table["duration_s"].isna().all()
+        stages = next(f for f in frames if list(f.columns)[:3] == ["round", "stage", "status"])
+        assert stages[["stage", "status"]].values.tolist() == [["advertise", "open"]]
     finally:
         coord.close()
 

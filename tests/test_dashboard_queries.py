@@ -216,3 +216,14 @@ def test_reference_lines_come_from_the_bench_results(tmp_path):
     assert ref["3-gram baseline"] == {"top1": 0.21633269649442396, "top3": 0.3551593472506966}
     assert ref["centralised (upper bound)"]["top1"] == 0.23670731010669696
     assert q.reference_quality(tmp_path / "missing.json") == {}
+
+
+def test_a_database_lost_after_the_check_raises_the_same_readable_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gone.sqlite3'}"
+    db.Database(url).close()
+    e = q.connect(url)
+    q.check(e)
+    e.dispose()
+    (tmp_path / "gone.sqlite3").unlink()
+    with pytest.raises(q.DashboardError, match="reading the database failed"):
+        q.rounds(e)
