@@ -84,6 +84,14 @@ def _coordinator(args: argparse.Namespace) -> None:
     server.serve(config)
 
 
+def _dashboard(args: argparse.Namespace) -> None:
+    from dashboard import launch
+
+    code = launch.run(args.db_url, args.host, args.port)
+    if code:
+        raise SystemExit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sotto", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -149,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-targets", type=int, default=2000, help="server-side evaluation size (0 = skip)"
     )
     s.set_defaults(func=_coordinator)
+
+    s = sub.add_parser("dashboard", help="the Streamlit dashboard over the coordinator database")
+    s.add_argument(
+        "--db-url",
+        default=None,
+        help="SQLAlchemy URL (default: $SOTTO_DATABASE_URL, else the coordinator's SQLite file)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    s.add_argument("--port", type=int, default=8501)
+    s.set_defaults(func=_dashboard)
     return p
 
 
