@@ -5,22 +5,14 @@ file), calls `dashboard.queries` and draws. Run with `sotto dashboard` or
 `streamlit run dashboard/app.py`.
 """
 
-import sys
-from pathlib import Path
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-# Streamlit runs this file as a script (its folder on sys.path, not the repository's): import
-# `dashboard` from the checkout this file is in, not from whichever one is installed.
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from dashboard import queries as q  # the installed package (pip install -e .)
+from model import paths
 
-from dashboard import queries as q  # noqa: E402
-
-REFERENCE_FILE = ROOT / "bench" / "results" / "quality.json"
+REFERENCE_FILE = paths.ROOT / "bench" / "results" / "quality.json"
 EMPTY_ROUNDS = "No rounds yet: start the coordinator, enrol on-device phones and open a round."
 NOT_STORED = (
     "What the server saw of one upload is not stored: each masked vector (indistinguishable "
