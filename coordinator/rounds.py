@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from coordinator import db, round_result, server_opt
+from coordinator import db, evaluation, round_result, server_opt
 from coordinator import round_store as rs
 from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.round_store import STAGES, RoundView, current_for, max_message_bytes, status
@@ -247,6 +247,9 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
         row.status, row.ended_at, row.result_version, row.outbox = "done", now, version.id, {}
         g = rs.stage_row(s, round_id)
         g.status, g.ended_at = "closed", now
+    cfg = coord.config
+    if cfg.eval_targets > 0:  # server-side quality of every version, on public users only
+        evaluation.evaluate_version(coord.registry, version.id, cfg.eval_preset, cfg.eval_targets)
     return "done"
 
 

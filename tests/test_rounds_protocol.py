@@ -298,3 +298,13 @@ def test_a_round_everyone_abandoned_ends_when_the_next_one_opens(coord):
     nxt = rounds.open_round(coord, np.random.default_rng(10), now=later)
     st = rounds.status(coord, rid)
     assert st["status"] == "aborted" and "advertised keys" in st["reason"] and nxt == rid + 1
+
+
+def test_every_new_version_is_evaluated_on_public_users(tmp_path):
+    cfg = testing.fresh_config(tmp_path, round_cohort_size=N, round_overselect=0, eval_targets=200)
+    c = Coordinator.open(cfg)
+    assert c.registry.get(1).metrics["public_targets"] == 200
+    done = rounds.status(c, _full_round(c, _enrol(c), 3))
+    m = c.registry.get(done["result_version"]).metrics
+    assert m["public_targets"] == 200 and 0.0 <= m["public_top1"] <= m["public_top3"] <= 1.0
+    c.close()
