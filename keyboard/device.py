@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from keyboard import keys, store
 from keyboard.history import TypingHistory
 from keyboard.privacy_log import PrivacyLog
-from keyboard.runtime import DeviceModel
+from keyboard.runtime import DeviceModel, ModelFileError
 from model import paths
 from model.checkpoint import atomic_write_bytes
 from model.vocab import Vocabulary, build_vocabulary
@@ -49,8 +50,12 @@ class DeviceConfig:
 
 
 def read_device_part(payload: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-        return {k: z[k].astype(np.float32) for k in z.files}
+    """Named float32 arrays from an npz (no pickle); `ModelFileError` if it is not one."""
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            return {k: z[k].astype(np.float32) for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"device part ({len(payload)} bytes) is unreadable: {e}") from e
 
 
 class Device:

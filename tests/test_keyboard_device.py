@@ -90,6 +90,8 @@ def test_a_bad_model_update_changes_nothing(cfg):
     part = paths.BASE_TFLITE.with_suffix(".device.npz").read_bytes()
     with pytest.raises(ModelFileError):
         dev.install(1, good[: len(good) // 2], part)
+    with pytest.raises(ModelFileError, match="device part"):
+        dev.install(1, good, b"not an npz")
     assert dev.version == 0 and Device.open(cfg).version == 0
     dev.install(1, good, part)
     assert Device.open(cfg).version == 1
