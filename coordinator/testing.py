@@ -4,12 +4,8 @@
 default each test gets its own SQLite file. A shared database is emptied before each use.
 """
 
-import contextlib
 import dataclasses
 import os
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from Crypto.PublicKey import ECC
@@ -62,25 +58,9 @@ def snapshot(database: db.Database) -> dict[str, list[tuple]]:
     return out
 
 
-@contextlib.contextmanager
-def live_server(cfg: CoordinatorConfig) -> Iterator[tuple[str, object]]:
-    """A real uvicorn server for `cfg` on loopback (port 0: the OS picks one), in a thread,
-    stopped cleanly; yields (base URL, the running `Coordinator`)."""
+def live_server(cfg: CoordinatorConfig):
+    """A real uvicorn server for `cfg` on loopback, in a thread, stopped cleanly; a context
+    manager yielding (base URL, the running `Coordinator`)."""
     from coordinator import server
 
-    srv = server.build_server(cfg)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the coordinator did not start")
-        time.sleep(0.02)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", srv.config.app.state.coordinator
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-    if thread.is_alive():
-        raise RuntimeError("the coordinator did not stop")
+    return server.running(cfg, start_timeout=20)

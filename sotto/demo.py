@@ -6,12 +6,10 @@ sealed store in `runs/phone`; a second run reuses both. Ctrl-C stops everything.
 """
 
 import logging
-import threading
-import time
 from pathlib import Path
 
 from coordinator.config import CoordinatorConfig
-from coordinator.server import build_server
+from coordinator.server import running
 from coordinator.service import Coordinator
 from keyboard import serve
 from model import export, paths, pipeline
@@ -41,20 +39,14 @@ def run(
     ensure_model(base)
     cfg = CoordinatorConfig(host=host, port=coord_port)
     coordinator = Coordinator.open(cfg)
-    server = build_server(cfg, coordinator)
-    thread = threading.Thread(target=server.run, name="coordinator", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the coordinator did not start on {host}:{coord_port}")
-        time.sleep(0.05)
-    url = f"http://{host}:{coord_port}"
-    print(f"Coordinator: {url}  (API docs {url}/docs, database {coordinator.db.describe()})")
-    print(f"Keyboard:    http://{host}:{port}/  <- open this in a browser; Ctrl-C stops both")
     try:
-        serve.serve(phone_dir, host, port, url)
+        with running(cfg, coordinator) as (url, _):
+            print(
+                f"Coordinator: {url}  (API docs {url}/docs, database {coordinator.db.describe()})"
+            )
+            print(
+                f"Keyboard:    http://{host}:{port}/  <- open this in a browser; Ctrl-C stops both"
+            )
+            serve.serve(phone_dir, host, port, url)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         coordinator.close()
