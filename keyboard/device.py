@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,20 @@ class DeviceConfig:
     passphrase: str | None = None  # derive the store key (scrypt) instead of a key file
 
 
+# Persisted user settings and contribution state, with their defaults.
+_SETTINGS = {
+    "on_device": True,
+    "last_upload_bytes": 0,
+    "uploads": 0,
+    # The simulated "idle and charging" condition under which a phone trains and contributes
+    # (Gboard trains only then); on by default so the demo visibly learns, switchable in the UI.
+    "idle_and_charging": True,
+    # Version whose locally trained update still waits to be contributed (None: nothing waits).
+    # Survives restarts and an unreachable coordinator: the contribution resumes later.
+    "pending_contribution": None,
+}
+
+
 def read_device_part(payload: bytes) -> dict[str, np.ndarray]:
     """Named float32 arrays from an npz (no pickle); `ModelFileError` if it is not one."""
     try:
@@ -68,10 +83,11 @@ class Device:
         self.vocab = vocab
         self.history = TypingHistory(d / "history.bin", key, config.holdout_every)
         self.log = PrivacyLog(d / "privacy_log.bin", key)
-        self._settings = store.SealedDocument(
-            d / "settings.bin", key, {"on_device": True, "last_upload_bytes": 0, "uploads": 0}
-        )
-        self.settings = self._settings.load()
+        self._settings = store.SealedDocument(d / "settings.bin", key, dict(_SETTINGS))
+        self.settings = {**_SETTINGS, **self._settings.load()}  # older stores lack new keys
+        # One phone, several threads (web handlers, the background worker): every change of
+        # state, and the LiteRT interpreter (not thread-safe), goes through this lock.
+        self.lock = threading.RLock()
         self._local = d / "local_state.bin"
         self.models = d / "models"
         self.cloud_predict: Callable[[str], list[str]] | None = None  # set by the transport
@@ -114,12 +130,13 @@ class Device:
         part = read_device_part(device_part_npz)
         model = DeviceModel(model_bytes, self.vocab, part)  # raises before anything changes
         sha = hashlib.sha256(model_bytes).hexdigest()
-        atomic_write_bytes(self.models / f"{sha}.tflite", model_bytes)
-        atomic_write_bytes(self.models / f"v{version}.npz", device_part_npz)
-        meta = {"version": version, "model_sha256": sha}
-        atomic_write_bytes(self.models / "current.json", json.dumps(meta).encode())
-        self.model, self.global_part, self.version = model, part, version
-        self._local.unlink(missing_ok=True)  # local training restarts from the new global
+        with self.lock:
+            atomic_write_bytes(self.models / f"{sha}.tflite", model_bytes)
+            atomic_write_bytes(self.models / f"v{version}.npz", device_part_npz)
+            meta = {"version": version, "model_sha256": sha}
+            atomic_write_bytes(self.models / "current.json", json.dumps(meta).encode())
+            self.model, self.global_part, self.version = model, part, version
+            self._local.unlink(missing_ok=True)  # local training restarts from the new global
         log.info("installed global version %d (model %s)", version, sha[:12])
 
     @property
@@ -132,13 +149,33 @@ class Device:
         return bool(self.settings["on_device"])
 
     def set_on_device(self, on: bool) -> None:
-        self.settings["on_device"] = bool(on)
-        self._settings.save(self.settings)
+        self._set(on_device=bool(on))
+
+    def _set(self, **changes: object) -> None:
+        with self.lock:
+            self.settings.update(changes)
+            self._settings.save(self.settings)
+
+    @property
+    def idle_and_charging(self) -> bool:
+        return bool(self.settings["idle_and_charging"])
+
+    def set_idle_and_charging(self, on: bool) -> None:
+        self._set(idle_and_charging=bool(on))
+
+    @property
+    def pending_contribution(self) -> int | None:
+        """The version a trained, not yet contributed update was computed against."""
+        return self.settings["pending_contribution"]
+
+    def set_pending_contribution(self, version: int | None) -> None:
+        self._set(pending_contribution=version)
 
     def suggest(self, typed: str) -> list[str]:
         """Three suggestions: from the local model, or (cloud mode) from the coordinator."""
         if self.on_device:
-            return self.model.suggest(typed)
+            with self.lock:
+                return self.model.suggest(typed)
         if self.cloud_predict is None:
             raise CloudUnavailable("cloud mode needs the coordinator, which is not reachable")
         try:
@@ -148,7 +185,8 @@ class Device:
 
     def commit(self, message: str) -> bool:
         """A finished message: kept (sealed) for local learning in on-device mode only."""
-        return self.on_device and self.history.add(message)
+        with self.lock:
+            return self.on_device and self.history.add(message)
 
     # -- learning -------------------------------------------------------------------------
     def train_if_eligible(self, idle_and_charging: bool, rng: np.random.Generator) -> dict | None:
@@ -156,17 +194,27 @@ class Device:
         and charging; returns what happened, or None."""
         if not (self.on_device and idle_and_charging):
             return None
-        if not self.history.eligible(self.config.min_new_words):
-            return None
-        texts = self.history.training_text()
-        losses = []
-        for _ in range(self.config.local_epochs):
-            order = rng.permutation(len(texts))
-            for tokens, targets in self.model.batches([texts[i] for i in order]):
-                losses.append(self.model.train_step(tokens, targets, self.config.lr))
-        self._save_local()
-        self.history.mark_trained()
-        return {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
+        with self.lock:
+            if not self.history.eligible(self.config.min_new_words):
+                return None
+            return self.train(rng)
+
+    def train(self, rng: np.random.Generator) -> dict | None:
+        """Local epochs over all training text from the current local state; marks the update
+        as waiting to be contributed. None if there is no training text."""
+        with self.lock:
+            texts = self.history.training_text()
+            losses = []
+            for _ in range(self.config.local_epochs):
+                order = rng.permutation(len(texts))
+                for tokens, targets in self.model.batches([texts[i] for i in order]):
+                    losses.append(self.model.train_step(tokens, targets, self.config.lr))
+            if not losses:
+                return None
+            self._save_local()
+            self.history.mark_trained()
+            self._set(pending_contribution=self.version)
+            return {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
 
     def _save_local(self) -> None:
         sealed = store.seal_bytes(self.model.state_bytes(), self._key, self._local.name)
@@ -174,23 +222,29 @@ class Device:
 
     def delta(self) -> dict[str, np.ndarray]:
         """Local minus global device part: the update a contribution starts from."""
-        return {k: self.model.device[k] - self.global_part[k] for k in self.model.names}
+        with self.lock:
+            return {k: self.model.device[k] - self.global_part[k] for k in self.model.names}
 
     def record_upload(self, nbytes: int) -> None:
-        self.settings["last_upload_bytes"] = int(nbytes)
-        self.settings["uploads"] += 1
-        self._settings.save(self.settings)
+        with self.lock:
+            self._set(last_upload_bytes=int(nbytes), uploads=self.settings["uploads"] + 1)
 
     # -- the user's controls --------------------------------------------------------------
     def forget(self) -> None:
         """Forget my data: typed text, the privacy log and the locally trained model."""
-        self.history.wipe()
-        self.log.wipe()
-        self._local.unlink(missing_ok=True)
-        self.model.reset(self.global_part)
+        with self.lock:
+            self.history.wipe()
+            self.log.wipe()
+            self._local.unlink(missing_ok=True)
+            self.model.reset(self.global_part)
+            self._set(pending_contribution=None)
         log.info("forgot local data")
 
     def stats(self) -> dict:
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict:
         return {
             "on_device": self.on_device,
             "messages": len(self.history.messages()),
@@ -200,4 +254,6 @@ class Device:
             "model_version": self.version,
             "last_upload_bytes": self.settings["last_upload_bytes"],
             "uploads": self.settings["uploads"],
+            "idle_and_charging": self.idle_and_charging,
+            "pending_contribution": self.pending_contribution,
         }

@@ -2,8 +2,10 @@
 
 With a coordinator URL the phone enrols once (credentials sealed in its store), downloads the
 current global model, tells the coordinator when "Process on device" flips, and in cloud
-mode asks it for suggestions; every request lands in the privacy log. Without one, or while
-the coordinator is unreachable, it keeps predicting and learning on its own.
+mode asks it for suggestions; every request lands in the privacy log. A background worker
+(`keyboard.background`) learns when the phone is idle and charging and takes part in rounds.
+Without a coordinator, or while it is unreachable, the phone keeps predicting and learning on
+its own, and its update waits.
 """
 
 import logging
@@ -11,8 +13,10 @@ import secrets
 from pathlib import Path
 
 import httpx
+import numpy as np
 import uvicorn
 
+from keyboard.background import Background
 from keyboard.device import Device, DeviceConfig
 from keyboard.transport import Transport, TransportError
 from keyboard.web import create_app
@@ -43,6 +47,14 @@ def serve(
 ) -> None:
     device = Device.open(DeviceConfig(Path(data_dir)))
     transport = connect(device, coordinator_url) if coordinator_url else None
-    app = create_app(device, on_toggle=transport.set_mode if transport else None)
+    worker = Background(device, transport, np.random.default_rng(secrets.randbits(64)))
+    app = create_app(
+        device, on_toggle=transport.set_mode if transport else None, connection=worker.status
+    )
+    thread, stop = worker.start()
     log.info("keyboard for %s: open http://%s:%d/ (Ctrl-C stops)", data_dir, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -5,7 +5,6 @@ the page calls the JSON endpoints below on every keystroke. The server listens o
 only: it is the phone's own screen, not a network service.
 """
 
-import threading
 from collections.abc import Callable
 from importlib import resources
 
@@ -34,11 +33,15 @@ class Idle(BaseModel):
 
 
 def create_app(
-    device: Device, seed: int = 0, on_toggle: Callable[[bool], None] | None = None
+    device: Device,
+    seed: int = 0,
+    on_toggle: Callable[[bool], None] | None = None,
+    connection: Callable[[], dict] | None = None,
 ) -> FastAPI:
-    """`on_toggle(on_device)` tells the coordinator (if any) about the switch."""
+    """`on_toggle(on_device)` tells the coordinator (if any) about the switch; `connection()`
+    is the background worker's status (coordinator online/offline, what waits to upload)."""
     app = FastAPI(title="Sotto keyboard", docs_url=None, redoc_url=None)
-    lock = threading.Lock()  # one phone: requests change its state one at a time
+    lock = device.lock  # one phone: the web handlers and its background worker take turns
     rng = np.random.default_rng(seed)
     page = resources.files("keyboard").joinpath("static/index.html").read_text()
 
@@ -77,6 +80,12 @@ def create_app(
             report = device.train_if_eligible(body.idle_and_charging, rng)
             return {"trained": report is not None, "report": report, "stats": device.stats()}
 
+    @app.post("/api/idle")
+    def idle(body: Idle) -> dict:
+        """The simulated idle-and-charging condition under which the phone learns by itself."""
+        device.set_idle_and_charging(body.idle_and_charging)
+        return stats()
+
     @app.post("/api/forget")
     def forget() -> dict:
         with lock:
@@ -86,7 +95,9 @@ def create_app(
     @app.get("/api/stats")
     def stats() -> dict:
         with lock:
-            return device.stats()
+            out = device.stats()
+        out["connection"] = connection() if connection else {"state": "none"}
+        return out
 
     @app.get("/api/privacy_log")
     def privacy_log() -> dict:
