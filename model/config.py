@@ -11,6 +11,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "head": ("head_kernel", "head_bias", "head_out_bias"),
     "lora": ("lora_xa", "lora_xb", "lora_ha", "lora_hb"),
     "embed_update": ("emb_a", "emb_b"),
+    "embed_rows": ("emb_rows",),
     "lstm_bias": ("lstm_b",),
     "lstm_proj": ("lstm_wp",),
     # The rest of the base: only "full" trains them (the reference that device parts are
@@ -18,7 +19,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "lstm_kernels": ("lstm_wx", "lstm_wh"),
     "embedding": ("embedding",),
 }
-ADAPTER_GROUPS = ("lora", "embed_update")
+ADAPTER_GROUPS = ("lora", "embed_update", "embed_rows")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class ModelConfig:
     cifg: bool = True  # coupled input-forget gate: 3 gates instead of 4 (25% fewer weights)
     lora_rank: int = 0  # rank of LoRA adapters on the LSTM kernels (device part); 0 = none
     embed_rank: int = 0  # rank of a low-rank update of the tied embedding; 0 = none
+    # A sparse update of the tied embedding: a full-width delta for the first `embed_rows` ids
+    # (the 4 specials, then the most frequent words: the public wordfreq order); 0 = none.
+    embed_rows: int = 0
     # Parameter groups (keys of GROUPS) that devices train; everything else is the frozen base.
     device_groups: tuple[str, ...] = ("head",)
     dropout: float = 0.2  # on embeddings and LSTM outputs, training only
@@ -76,16 +80,19 @@ class ModelConfig:
             raise ValueError("device group 'lora' needs lora_rank > 0")
         if "embed_update" in self.device_groups and not self.embed_rank:
             raise ValueError("device group 'embed_update' needs embed_rank > 0")
+        if "embed_rows" in self.device_groups and not 0 < self.embed_rows <= self.vocab_size:
+            raise ValueError("device group 'embed_rows' needs 0 < embed_rows <= vocab_size")
 
     def without_adapters(self) -> "ModelConfig":
         """The architecture the base is pretrained with: no adapters, head as device part."""
-        return replace(self, lora_rank=0, embed_rank=0, device_groups=("head",))
+        return replace(self, lora_rank=0, embed_rank=0, embed_rows=0, device_groups=("head",))
 
     def with_device_part(self, part: "DevicePart") -> "ModelConfig":
         return replace(
             self,
             lora_rank=part.lora_rank,
             embed_rank=part.embed_rank,
+            embed_rows=part.embed_rows,
             device_groups=part.groups,
         )
 
@@ -138,6 +145,7 @@ class DevicePart:
     groups: tuple[str, ...]  # keys of GROUPS
     lora_rank: int = 0  # LoRA rank on the LSTM input and recurrent kernels (Hu et al. 2021)
     embed_rank: int = 0  # rank of the tied-embedding update
+    embed_rows: int = 0  # ids whose embedding rows get a sparse full-width update
     peak_lr: float = 1e-2  # Adam peak learning rate, tuned per variant by bench/device_part
 
     # Peak learning rates below: the better of {1e-2, 3e-2} by public-validation perplexity in
@@ -165,6 +173,14 @@ class DevicePart:
             embed_rank=embed_rank,
             peak_lr=3e-2 if lora_rank <= 8 else 1e-2,
         )
+
+    @staticmethod
+    def head_lora_rows(lora_rank: int = 8, rows: int = 900) -> "DevicePart":
+        """Head + LoRA + a sparse update of the embedding rows of the `rows` most frequent
+        words: chat text is dominated by few words, whose rows a rank-r update must share."""
+        groups = ("head", "lora", "embed_rows") if lora_rank else ("head", "embed_rows")
+        name = f"head+lora{lora_rank}+rows{rows}" if lora_rank else f"head+rows{rows}"
+        return DevicePart(name, groups, lora_rank=lora_rank, embed_rows=rows, peak_lr=1e-2)
 
     @staticmethod
     def full() -> "DevicePart":

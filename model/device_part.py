@@ -42,6 +42,10 @@ def variants() -> list[DevicePart]:
         DevicePart.head_embed(8),
         DevicePart.head_lora_embed(8, 8),
         DevicePart.head_lora_embed(16, 8),
+        DevicePart.head_lora_embed(16, 4),
+        DevicePart.head_lora(28),
+        DevicePart.head_lora_rows(8, 900),
+        DevicePart.head_lora_embed(24, 2),
     ]
 
 
@@ -98,9 +102,14 @@ def score_groups(
     config: ModelConfig,
     params: Params,
     batches: Sequence[batching.Batch],
-    groups: Sequence[str] = tuple(GROUPS),
+    groups: Sequence[str] | None = None,
 ) -> list[GroupScore]:
-    """Squared gradient norm per group over `batches` (adapters scored at their zero update)."""
+    """Squared gradient norm per group over `batches` (adapters scored at their zero update).
+
+    By default every group `config` can hold: the sparse row update only when it has a size.
+    """
+    if groups is None:
+        groups = tuple(g for g in GROUPS if g != "embed_rows" or config.embed_rows)
     full = replace(config, device_groups=tuple(groups))
     model = network.SplitLM(full)
     names = partition.device_names(full)

@@ -59,6 +59,11 @@ class SplitLM(nn.Module):
             self.emb_b = self.param(
                 "emb_b", nn.initializers.normal(c.embed_rank**-0.5), (c.embed_rank, c.embed_dim)
             )
+        if c.embed_rows:
+            # A sparse update: full-width deltas for the first `embed_rows` ids only.
+            self.emb_rows = self.param(
+                "emb_rows", nn.initializers.zeros, (c.embed_rows, c.embed_dim)
+            )
         self.head_kernel = self.param(
             "head_kernel", nn.initializers.lecun_normal(), (c.proj_dim, c.embed_dim)
         )
@@ -74,10 +79,16 @@ class SplitLM(nn.Module):
             x = oh_BxTxV @ self.embedding
             if self.config.embed_rank:
                 x = x + (oh_BxTxV @ self.emb_a) @ self.emb_b
+            if self.config.embed_rows:
+                x = x + oh_BxTxV[..., : self.config.embed_rows] @ self.emb_rows
             return x
         x = jnp.take(self.embedding, tokens_BxT, axis=0)
         if self.config.embed_rank:
             x = x + jnp.take(self.emb_a, tokens_BxT, axis=0) @ self.emb_b
+        if self.config.embed_rows:
+            k = self.config.embed_rows
+            row = jnp.take(self.emb_rows, jnp.minimum(tokens_BxT, k - 1), axis=0)
+            x = x + jnp.where((tokens_BxT < k)[..., None], row, 0.0)
         return x
 
     def features(
@@ -127,6 +138,10 @@ class SplitLM(nn.Module):
         logits = z_BxTxE @ self.embedding.T + self.out_bias
         if self.config.embed_rank:
             logits = logits + (z_BxTxE @ self.emb_b.T) @ self.emb_a.T
+        if self.config.embed_rows:
+            rest = self.config.vocab_size - self.config.embed_rows
+            pad = [(0, 0)] * (z_BxTxE.ndim - 1) + [(0, rest)]
+            logits = logits + jnp.pad(z_BxTxE @ self.emb_rows.T, pad)
         return logits
 
     def __call__(

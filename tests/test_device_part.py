@@ -15,6 +15,7 @@ TINY_PARTS = [
     DevicePart.head_embed(2),
     DevicePart.head_lora_embed(2, 2),
     DevicePart("bias+proj", ("head", "lstm_bias", "lstm_proj")),
+    DevicePart.head_lora_rows(2, 40),
 ]
 
 
@@ -64,6 +65,24 @@ def test_training_a_variant_never_changes_frozen_parameters(base, part):
     assert any(not np.array_equal(np.asarray(after[k]), np.asarray(d[k])) for k in d)
 
 
+def test_sparse_row_update_equals_the_merged_embedding(base):
+    """head+rows: the update of the first k rows acts exactly as that embedding edited in
+    place, in the lookup (both forms) and in the tied output projection."""
+    cfg0, params0 = base
+    cfg = cfg0.with_device_part(DevicePart.head_lora_rows(0, 40))
+    params = network.attach_device_part(params0, cfg, jax.random.key(1))
+    params["emb_rows"] = jax.random.normal(jax.random.key(2), params["emb_rows"].shape)
+    merged = dict(params0)
+    merged["embedding"] = params0["embedding"].at[:40].add(params["emb_rows"])
+    tokens = jnp.array([[BOS, 10, 39, 40, 41, 500]])  # ids either side of the edge
+    want = network.SplitLM(cfg0).apply({"params": merged}, tokens)
+    for onehot in (False, True):
+        got = network.SplitLM(cfg).apply({"params": params}, tokens, onehot=onehot)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    with pytest.raises(ValueError, match="embed_rows"):
+        ModelConfig(device_groups=("head", "embed_rows"))
+
+
 def test_config_rejects_groups_without_their_adapters():
     with pytest.raises(ValueError, match="lora_rank"):
         ModelConfig(device_groups=("head", "lora"))
@@ -93,7 +112,8 @@ def test_score_groups_measures_every_candidate(base, tiny_model):
     full = network.attach_device_part(params0, cand, jax.random.key(2))
     scores = device_part.score_groups(cand, full, [_batch()])
     by = {s.group: s for s in scores}
-    assert set(by) == set(GROUPS)  # every parameter group is a candidate (FTTE)
+    # every parameter group is a candidate (FTTE); sparse rows only once given a size
+    assert set(by) == set(GROUPS) - {"embed_rows"}
     assert by["embedding"].params == 10_004 * 16
     assert by["head"].params == 16 * 16 + 16 + 10_004
     assert all(s.grad_sq > 0 for s in scores if s.group != "lora")
