@@ -165,3 +165,24 @@ def test_forget_my_data_empties_the_store(chromium, connected_phone, tmp_path):
     again = Device.open(DeviceConfig(tmp_path / "phone"))
     assert again.history.messages() == [] and again.log.entries() == []
     assert again.stats()["words_typed"] == 0
+
+
+def test_an_unreachable_coordinator_is_said_and_forgotten_once_it_answers(chromium, phone):
+    device, url = phone
+    down = True
+
+    def cloud(typed: str) -> list[str]:  # the coordinator, first down, then back
+        if down:
+            raise ConnectionError("connection refused")
+        return ["you", "your", "yours"]
+
+    device.cloud_predict = cloud
+    page = chromium.new_page()
+    _open(page, url)
+    page.click("#toggle")
+    page.focus("#text")
+    assert type_slowly(page, "how are ") == ["", "", ""]  # no suggestions, and it says why
+    page.wait_for_function("document.getElementById('status').textContent.includes('unreachable')")
+    down = False
+    assert type_slowly(page, "y") == ["you", "your", "yours"]
+    assert page.inner_text("#status") == "Cloud mode: what you type is sent to the server."
