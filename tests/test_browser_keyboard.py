@@ -186,3 +186,34 @@ def test_an_unreachable_coordinator_is_said_and_forgotten_once_it_answers(chromi
     down = False
     assert type_slowly(page, "y") == ["you", "your", "yours"]
     assert page.inner_text("#status") == "Cloud mode: what you type is sent to the server."
+
+
+def test_editing_mid_message_and_long_messages(chromium, phone):
+    device, url = phone
+    asked_for: list[str] = []
+    device.cloud_predict = lambda typed: asked_for.append(typed) or ["a", "b", "c"]
+    page = chromium.new_page()
+    _open(page, url)
+    # The caret moved back into the message: suggestions are for the word at the caret.
+    page.fill("#text", "how are yo tomorrow")
+    page.evaluate("document.getElementById('text').setSelectionRange(10, 10)")
+    words = type_slowly(page, "u")
+    assert page.input_value("#text") == "how are you tomorrow"
+    assert words == device.suggest("how are you") and words[0].startswith("you")
+    n = int(page.get_attribute("#strip", "data-asked")) + 1
+    page.click("#strip button.best")
+    wait_for_suggestions(page, n)
+    assert page.input_value("#text") == f"how are {words[0]} tomorrow"  # no double space
+    _screen_key(page, "x")  # the on-screen keys type at the caret too
+    assert page.input_value("#text") == f"how are {words[0]} xtomorrow"
+    _screen_key(page, "⌫")
+    assert page.input_value("#text") == f"how are {words[0]} tomorrow"
+
+    # A long message: only its tail is asked about (the model reads 16 words), so cloud mode
+    # keeps working past the coordinator's request limit and sends no more than that.
+    page.click("#toggle")
+    page.fill("#text", "see you at the station tonight " * 60)
+    page.focus("#text")
+    assert type_slowly(page, "o") == ["a", "b", "c"]
+    assert 300 < len(asked_for[-1]) <= 400 and asked_for[-1].endswith("tonight o")
+    assert asked_for[-1].startswith(("see ", "you ", "at ", "the ", "station ", "tonight "))
