@@ -9,7 +9,7 @@ the phone to forget them.
 import re
 
 import pytest
-from browser import serve_app, type_slowly, wait_for_suggestions
+from browser import asked, serve_app, type_slowly, wait_for_suggestions
 
 from keyboard.device import Device, DeviceConfig
 from keyboard.web import create_app
@@ -25,10 +25,6 @@ def _open(page, url: str) -> None:
     page.goto(url)
     wait_for_suggestions(page, 1)  # the page's first request (empty text) has been answered
     page.click("#text")
-
-
-def _strip(page) -> list[str]:
-    return wait_for_suggestions(page, 0)
 
 
 def _log_rows(page) -> list[tuple[str, str]]:
@@ -57,7 +53,7 @@ def test_typing_completes_then_predicts_and_a_tap_inserts(chromium, phone):
     assert page.inner_text("#strip button.best") == words[0]
 
     # A space from the on-screen keyboard: next-word suggestions for the new context.
-    n = int(page.get_attribute("#strip", "data-asked")) + 1
+    n = asked(page) + 1
     type_slowly(page, "u")
     _screen_key(page, "space")
     nxt = wait_for_suggestions(page, n + 1)
@@ -66,7 +62,7 @@ def test_typing_completes_then_predicts_and_a_tap_inserts(chromium, phone):
     assert nxt == device.suggest("how are you ")  # what the model says, shown as it says it
 
     # Tapping a suggestion inserts it and a space, and the strip moves on to the next word.
-    n = int(page.get_attribute("#strip", "data-asked")) + 1
+    n = asked(page) + 1
     page.click("#strip button.best")
     assert page.input_value("#text") == f"how are you {nxt[0]} "
     after = wait_for_suggestions(page, n)
@@ -75,18 +71,14 @@ def test_typing_completes_then_predicts_and_a_tap_inserts(chromium, phone):
     # Tapping a completion replaces the partly typed word rather than appending to it.
     page.fill("#text", "")
     type_slowly(page, "see yo")
-    n = int(page.get_attribute("#strip", "data-asked")) + 1
+    n = asked(page) + 1
     page.click("#strip button.best")
     wait_for_suggestions(page, n)
-    assert page.input_value("#text") == f"see {_completion(device, 'see yo')} "
+    assert page.input_value("#text") == f"see {device.suggest('see yo')[0]} "
 
     # Without a coordinator, on-device typing sends nothing at all.
     assert page.inner_text("#log") == NOTHING_LEFT
     assert device.log.entries() == []
-
-
-def _completion(device: Device, typed: str) -> str:
-    return device.suggest(typed)[0]
 
 
 @pytest.fixture
@@ -200,7 +192,7 @@ def test_editing_mid_message_and_long_messages(chromium, phone):
     words = type_slowly(page, "u")
     assert page.input_value("#text") == "how are you tomorrow"
     assert words == device.suggest("how are you") and words[0].startswith("you")
-    n = int(page.get_attribute("#strip", "data-asked")) + 1
+    n = asked(page) + 1
     page.click("#strip button.best")
     wait_for_suggestions(page, n)
     assert page.input_value("#text") == f"how are {words[0]} tomorrow"  # no double space
