@@ -9,7 +9,7 @@ from collections.abc import Callable
 from importlib import resources
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -117,10 +117,15 @@ def create_app(
         return out
 
     @app.get("/api/privacy_log")
-    def privacy_log() -> dict:
+    def privacy_log(limit: int = Query(default=0, ge=0)) -> dict:
+        """The newest `limit` entries (0 = all) and totals over all of them: in cloud mode the
+        log grows by one entry per keystroke, and the page shows only the latest."""
         with lock:
+            entries = device.log.entries()
+            shown = entries[-limit:] if limit else entries
             return {
-                "entries": [e.__dict__ for e in device.log.entries()],
+                "entries": [e.__dict__ for e in shown],
+                "count": len(entries),
                 "totals": device.log.totals(),
             }
 

@@ -120,6 +120,9 @@ def test_cloud_mode_shows_the_raw_text_sent_and_on_device_sends_none(chromium, c
     assert '"how are yo"' in raw[0] and '"how are y"' in raw[1] and "/v1/predict" in raw[0]
     sent = [e.contents for e in device.log.entries() if e.kind == "raw_text"]
     assert sent[-2:] == ["how are y", "how are yo"]
+    latest = page.request.get(f"{url}/api/privacy_log?limit=2").json()  # what the page reads
+    assert [e["contents"] for e in latest["entries"]] == sent[-2:]
+    assert latest["count"] == len(device.log.entries())
 
     in_cloud = len(device.log.entries())
     page.click("#toggle")  # back on device
