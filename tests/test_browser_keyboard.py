@@ -7,6 +7,7 @@ the phone to forget them.
 """
 
 import re
+import time
 
 import pytest
 from browser import asked, serve_app, type_slowly, wait_for_suggestions
@@ -212,3 +213,24 @@ def test_editing_mid_message_and_long_messages(chromium, phone):
     assert type_slowly(page, "o") == ["a", "b", "c"]
     assert 300 < len(asked_for[-1]) <= 400 and asked_for[-1].endswith("tonight o")
     assert asked_for[-1].startswith(("see ", "you ", "at ", "the ", "station ", "tonight "))
+
+
+def test_idle_switch_and_the_background_connection_are_shown(chromium, tmp_path):
+    device = Device.open(DeviceConfig(tmp_path / "phone"))
+    device.set_pending_contribution(3)
+    retry = time.time() + 30
+
+    def connection() -> dict:  # what keyboard.background reports while the coordinator is away
+        return {"state": "offline", "retry_at": retry, "last_error": "refused"}
+
+    with serve_app(create_app(device, connection=connection)) as url:
+        page = chromium.new_page()
+        _open(page, url)
+        page.wait_for_function("document.getElementById('conn').textContent !== ''")
+        line = page.inner_text("#conn")
+        assert line.startswith("Coordinator unreachable: predicting and learning here")
+        assert "update (from version 3) waits" in line
+        assert page.is_checked("#idle") and device.idle_and_charging
+        with page.expect_response("**/api/idle"):
+            page.click("#idle")  # the phone is in use: no learning by itself
+        assert device.idle_and_charging is False
