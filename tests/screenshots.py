@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's packages, before any installed copy
 
+import numpy as np  # noqa: E402
 from browser import (  # noqa: E402
     chromium,
     dashboard_server,
@@ -32,6 +33,7 @@ def keyboard_png(browser: Browser, work: Path, path: Path) -> None:
     from coordinator.config import CoordinatorConfig
     from coordinator.server import running
     from keyboard import serve
+    from keyboard.background import Background
     from keyboard.device import Device, DeviceConfig
     from keyboard.web import create_app
 
@@ -39,8 +41,12 @@ def keyboard_png(browser: Browser, work: Path, path: Path) -> None:
     with running(cfg) as (coord_url, _):
         device = Device.open(DeviceConfig(work / "phone"))
         transport = serve.connect(device, coord_url)
+        # The phone's background worker, stepped once so the page shows it online.
+        worker = Background(device, transport, np.random.default_rng(0))
+        worker.tick()
+        app = create_app(device, on_toggle=transport.set_mode, connection=worker.status)
         try:
-            with serve_app(create_app(device, on_toggle=transport.set_mode)) as url:
+            with serve_app(app) as url:
                 page = browser.new_page(viewport={"width": 420, "height": 900})
                 page.goto(url)
                 wait_for_suggestions(page, 1)
