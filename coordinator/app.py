@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import api_errors, devices, round_api, schemas, traffic
+from coordinator import admin, api_errors, devices, round_api, schemas, traffic
 from coordinator.api_errors import ApiError
 from coordinator.config import CoordinatorConfig
 from coordinator.ratelimit import TokenBucketLimiter
@@ -197,6 +197,8 @@ def create_app(
         )
 
     app.include_router(round_api.router(coord, device, mark))
+    # Operator routes: the token lives in the data dir (0600), made on first start.
+    app.include_router(round_api.admin_router(coord, admin.ensure_token(config.data_dir)))
 
     def sink(device_id, endpoint, rows):
         traffic.record(coord.db, device_id, endpoint, rows)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -35,6 +36,10 @@ __all__ = [
     "CloudText",
     "Round",
     "Stage",
+    "Ready",
+    "SchemaVersion",
+    "SCHEMA_VERSION",
+    "migrate",
     "Database",
     "utcnow",
 ]
@@ -122,6 +127,12 @@ class Round(Base):
     server_state: Mapped[dict | None] = mapped_column(JSON)
     outbox: Mapped[dict | None] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(String(1000))
+    # Schema 2: "sync" or "buffered"; public per-round facts for the dashboard: each member's
+    # staleness and weight (buffered), the value histogram of ONE masked upload as received
+    # (uniform-looking: it reveals nothing) and that of the unmasked average (never a single
+    # device's unmasked update).
+    mode: Mapped[str | None] = mapped_column(String(16))
+    stats: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Stage(Base):
@@ -136,6 +147,59 @@ class Stage(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Ready(Base):
+    """Buffered mode: a device that trained from `trained_from` and waits for a round."""
+
+    __tablename__ = "ready_devices"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    trained_from: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SchemaVersion(Base):
+    """One row: the schema version this database was last migrated to (`migrate`)."""
+
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+# 1: the first release (no schema_version table). 2: rounds.mode, rounds.stats, ready_devices.
+SCHEMA_VERSION = 2
+# Columns added to existing tables after version 1: (table, column, portable SQL type).
+_ADDED_COLUMNS = {2: [("rounds", "mode", "VARCHAR(16)"), ("rounds", "stats", "JSON")]}
+
+
+def migrate(engine: Engine) -> int:
+    """Bring an existing database up to SCHEMA_VERSION; idempotent, returns the version.
+
+    `create_all` makes missing tables but never alters existing ones; the columns added since
+    are added here with `ALTER TABLE ... ADD COLUMN` when absent (checked by inspection, so a
+    crash between two statements is repaired by the next start)."""
+    from sqlalchemy import inspect, text
+
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        row = conn.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1)).first()
+        have = row[0] if row else 1
+        if have >= SCHEMA_VERSION:
+            return have
+        for v in range(have + 1, SCHEMA_VERSION + 1):
+            for table, column, sqltype in _ADDED_COLUMNS.get(v, []):
+                cols = {c["name"] for c in inspect(conn).get_columns(table)}
+                if column not in cols:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sqltype}"))
+        if row:
+            conn.execute(
+                SchemaVersion.__table__.update()
+                .where(SchemaVersion.id == 1)
+                .values(version=SCHEMA_VERSION)
+            )
+        else:
+            conn.execute(SchemaVersion.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -161,7 +225,7 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
