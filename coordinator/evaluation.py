@@ -66,10 +66,13 @@ def evaluate(
             s, n = metrics.keystrokes_with(vocab.tokens[t], t, strip)
             saved, needed, ks_words = saved + s, needed + n, ks_words + 1
     n = len(tgt)
+    # exp overflows for a wrecked model (mean NLL > ~709): JSON cannot hold infinity, so None.
+    with np.errstate(over="ignore"):
+        ppl = metrics.perplexity(nll, n)
     return {
         "top1": top1 / n,
         "top3": top3 / n,
-        "perplexity": metrics.perplexity(nll, n),
+        "perplexity": ppl if np.isfinite(ppl) else None,
         "keystroke_savings": saved / max(needed, 1),
         "targets": n,
         "keystroke_words": ks_words,
