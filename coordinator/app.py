@@ -48,6 +48,7 @@ def create_app(
                 tasks.start_soon(round_api.tick_forever, coord, config.round_tick_s)
             yield
             tasks.cancel_scope.cancel()
+        traffic.flush(coord.db)
         if coordinator is None:
             coord.close()
 
@@ -201,7 +202,7 @@ def create_app(
     app.include_router(round_api.admin_router(coord, admin.ensure_token(config.data_dir)))
 
     def sink(device_id, endpoint, rows):
-        traffic.record(coord.db, device_id, endpoint, rows)
+        traffic.record_later(coord.db, device_id, endpoint, rows)
 
     # The global request limit, except round uploads: those get their round's own limit.
     app.add_middleware(

@@ -30,7 +30,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import admin, api_errors, buffered, devices, rounds, scheduler, schemas
+from coordinator import (
+    admin,
+    api_errors,
+    buffered,
+    devices,
+    rounds,
+    scheduler,
+    schemas,
+    traffic,
+)
 from coordinator.api_errors import ApiError
 from coordinator.errors import CoordinatorError
 from coordinator.middleware import LimitAndAccount
@@ -175,6 +184,7 @@ async def tick_forever(coord: Coordinator, interval_s: float) -> None:
         await anyio.sleep(interval_s)
         try:
             await anyio.to_thread.run_sync(rounds.tick, coord)
+            await anyio.to_thread.run_sync(traffic.flush, coord.db)
             rid = await anyio.to_thread.run_sync(scheduler.schedule, coord)
             if rid is not None:
                 log.info("opened round %d (%s)", rid, coord.config.round_mode)

@@ -139,29 +139,44 @@ def abort_row(s, row: db.Round, reason: str, final: ServerState | None, now: dat
 
 
 def current_for(coord: Coordinator, device_id: str) -> RoundView | None:
-    """The running round this device is in, if any."""
-    with coord.db.transaction() as s:
-        for row in s.scalars(select(db.Round).where(db.Round.status == "running")).all():
-            if device_id in devices(row).values():
-                u = client_id(row, device_id)
-                st = state(row)
-                nb = st.params.neighbours[u] + (u,)
-                pending = (row.outbox or {}).get(device_id, {}).get("stage")
-                ids = {v: st.identities[v] for v in nb}
-                stats = row.stats or {}
-                return RoundView(
-                    row.id, row.status, st.stage.value, u, row.params, ids, row.reason, pending,
-                    row.version_id, row.mode or "sync",
-                    stats.get("trained_from", {}).get(str(u), row.version_id),
-                    stats.get("staleness", {}).get(str(u), 0),
-                    stats.get("weights", {}).get(str(u), 1.0),
-                )  # fmt: skip
+    """The running round this device is in, if any. Polled by every device: reads the small
+    columns only (not the secagg state with its masked sum); the neighbours' identity keys
+    are their enrolled keys, which the round's state was made from."""
+    q = select(
+        db.Round.id, db.Round.status, db.Round.params, db.Round.members, db.Round.outbox,
+        db.Round.reason, db.Round.version_id, db.Round.mode, db.Round.stats,
+    ).where(db.Round.status == "running")  # fmt: skip
+    with coord.db.read() as s:
+        for row in s.execute(q).all():
+            ids = {int(k): v for k, v in row.members["devices"].items()}
+            u = next((k for k, v in ids.items() if v == device_id), None)
+            if u is None:
+                continue
+            params = RoundParams.from_json(row.params)
+            nb = params.neighbours[u] + (u,)
+            keys = dict(
+                s.execute(
+                    select(db.Device.id, db.Device.public_key).where(
+                        db.Device.id.in_([ids[v] for v in nb])
+                    )
+                ).all()
+            )
+            stage = stage_row(s, row.id).name
+            pending = (row.outbox or {}).get(device_id, {}).get("stage")
+            stats = row.stats or {}
+            return RoundView(
+                row.id, row.status, stage, u, row.params, {v: keys[ids[v]] for v in nb},
+                row.reason, pending, row.version_id, row.mode or "sync",
+                stats.get("trained_from", {}).get(str(u), row.version_id),
+                stats.get("staleness", {}).get(str(u), 0),
+                stats.get("weights", {}).get(str(u), 1.0),
+            )  # fmt: skip
     return None
 
 
 def status(coord: Coordinator, round_id: int) -> dict:
     """Status, stage, reason and resulting version of a round (public facts only)."""
-    with coord.db.transaction() as s:
+    with coord.db.read() as s:
         row = s.get(db.Round, round_id)
         if row is None:
             raise NotFound(f"no round {round_id}")
