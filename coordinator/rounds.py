@@ -195,7 +195,7 @@ def inbox(coord: Coordinator, round_id: int, device_id: str, stage: str) -> byte
 
 
 TICK_EVERY_S = 0.5
-_last_tick = float("-inf")
+_last_tick: dict[int, float] = {}  # per Coordinator object
 
 
 def tick(coord: Coordinator, now: datetime | None = None) -> list[int]:
@@ -205,12 +205,11 @@ def tick(coord: Coordinator, now: datetime | None = None) -> list[int]:
     Without `now` (a request's own clock) it runs at most every TICK_EVERY_S per process:
     stage timeouts are tens of seconds, and every device request checking them made the
     checks themselves a bottleneck (bench/coordinator)."""
-    global _last_tick
     if now is None:
         t = time.monotonic()
-        if t - _last_tick < TICK_EVERY_S:
+        if t - _last_tick.get(id(coord), float("-inf")) < TICK_EVERY_S:
             return []
-        _last_tick = t
+        _last_tick[id(coord)] = t
     now = rs.now_or(now)
     cfg = coord.config
     due = []
