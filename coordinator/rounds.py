@@ -11,6 +11,11 @@ and their running sum: the secagg state folds a masked input into the sum on rec
 
 When Unmasking closes, `coordinator.round_result` turns the aggregate into a new version. A
 round that falls below the secagg threshold ends `aborted`, with the reason, and no version.
+
+Buffered rounds (`coordinator.buffered`) form their cohort from ready devices instead of
+sampling (`start_round` with each member's version), then run the same stages; the round row
+keeps its mode and each member's staleness and public weight (`rounds.stats`), and the
+aggregate is divided by the survivors' total weight. `coordinator.scheduler` opens rounds.
 """
 
 from __future__ import annotations
