@@ -4,6 +4,7 @@ staleness weight and the server divides by the survivors' total weight. Over rea
 phones, and in-process across a restart; every rejected request is a clear 4xx."""
 
 import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -402,3 +403,19 @@ def test_sotto_round_cli_opens_and_reports(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(["round", "open", "--url", url, "--data-dir", str(cfg.data_dir)])
         assert e.value.code == 2 and "already running" in capsys.readouterr().err
+
+
+def test_the_service_opens_a_sync_round_on_its_own(tmp_path):
+    cfg = testing.fresh_config(
+        tmp_path, round_interval_s=3600.0, round_min_devices=3, round_tick_s=0.05
+    )
+    with TestClient(create_app(cfg)) as http:
+        coord = http.app.state.coordinator
+        _identities(coord, ["a", "b", "c"])
+        deadline = time.monotonic() + 10
+        while scheduler.overview(coord)["running"] is None:  # no request asks for it
+            assert time.monotonic() < deadline, "the service never opened a round"
+            time.sleep(0.05)
+        time.sleep(0.3)  # several more ticks: still one round (one runs; interval not over)
+        ov = scheduler.overview(coord)
+        assert [r["mode"] for r in ov["rounds"]] == ["sync"] and ov["rounds"][0]["cohort"] == 3
