@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import platform
 import random
 import sys
@@ -279,7 +280,11 @@ def main() -> None:
     results = {}
     for n, rounds in sizes.items():
         t = time.perf_counter()
+        load_before = os.getloadavg()[0]
         results[str(n)] = run_population(n, rounds)
+        # Other jobs on the machine slow the coordinator down: the 1-minute load average
+        # around the run says how shared the cores were (2 = both cores busy).
+        results[str(n)]["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         print(f"N={n}: {time.perf_counter() - t:.0f} s in total", flush=True)
     doc = {
         "devices": results,
