@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator import schemas
-from coordinator.errors import Conflict, CoordinatorError, Invalid, NotFound
+from coordinator.errors import Conflict, CoordinatorError, Forbidden, Invalid, NotFound
 
 __all__ = ["ApiError", "install", "responses"]
 
 log = logging.getLogger(__name__)
 
-_STATUS = {NotFound: 404, Conflict: 409, Invalid: 400}
+_STATUS = {NotFound: 404, Conflict: 409, Invalid: 400, Forbidden: 403}
 _HTTP_NAMES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import api_errors, devices, round_api, schemas, traffic
+from coordinator import admin, api_errors, devices, round_api, schemas, traffic
 from coordinator.api_errors import ApiError
 from coordinator.config import CoordinatorConfig
 from coordinator.ratelimit import TokenBucketLimiter
@@ -48,6 +48,7 @@ def create_app(
                 tasks.start_soon(round_api.tick_forever, coord, config.round_tick_s)
             yield
             tasks.cancel_scope.cancel()
+        traffic.flush(coord.db)
         if coordinator is None:
             coord.close()
 
@@ -197,9 +198,11 @@ def create_app(
         )
 
     app.include_router(round_api.router(coord, device, mark))
+    # Operator routes: the token lives in the data dir (0600), made on first start.
+    app.include_router(round_api.admin_router(coord, admin.ensure_token(config.data_dir)))
 
     def sink(device_id, endpoint, rows):
-        traffic.record(coord.db, device_id, endpoint, rows)
+        traffic.record_later(coord.db, device_id, endpoint, rows)
 
     # The global request limit, except round uploads: those get their round's own limit.
     app.add_middleware(

@@ -51,6 +51,19 @@ class CoordinatorConfig:
     round_masked_input_timeout_s: float = 300.0
     # How often the service closes timed-out stages on its own (0 = only on round requests).
     round_tick_s: float = 5.0
+    # "sync": the service samples a cohort every `round_interval_s` (0 = only when an operator
+    # opens one) once `round_min_devices` on-device devices are enrolled. "buffered" (FedBuff /
+    # FTTE): devices train from the version they fetched and report ready; a round opens as
+    # soon as `round_buffer_size` devices are ready, with those devices as its cohort (at most
+    # `round_cohort_size`). Each update is weighted by (1 + staleness)^-`staleness_exponent`,
+    # staleness = versions published since the one it trained from; a device more than
+    # `max_staleness` versions behind must fetch the current version first.
+    round_mode: str = "sync"
+    round_interval_s: float = 0.0
+    round_min_devices: int = 10
+    round_buffer_size: int = 10
+    staleness_exponent: float = 0.5
+    max_staleness: int = 4
     secagg: SecAggConfig = field(default_factory=SecAggConfig.default)
     # Server optimiser on the averaged delta: SGD with momentum (FedAvgM); momentum 0 = FedAvg.
     server_learning_rate: float = 1.0
@@ -72,6 +85,12 @@ class CoordinatorConfig:
             raise ValueError("round stage timeouts must be positive")
         if self.round_tick_s < 0 or self.server_learning_rate <= 0:
             raise ValueError("round_tick_s must be >= 0 and server_learning_rate > 0")
+        if self.round_mode not in ("sync", "buffered"):
+            raise ValueError(f"round_mode must be 'sync' or 'buffered', got {self.round_mode!r}")
+        if self.round_interval_s < 0 or self.round_min_devices < 2 or self.round_buffer_size < 2:
+            raise ValueError("round_interval_s must be >= 0, min devices and buffer size >= 2")
+        if self.staleness_exponent < 0 or self.max_staleness < 0:
+            raise ValueError("staleness_exponent and max_staleness must be >= 0")
         if not 0 <= self.server_momentum < 1:
             raise ValueError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -98,5 +117,7 @@ class CoordinatorConfig:
             round_cohort_size=4,
             round_stage_timeout_s=20.0,
             round_masked_input_timeout_s=30.0,
+            round_min_devices=3,
+            round_buffer_size=3,
             secagg=SecAggConfig.tiny(),
         )

@@ -7,6 +7,8 @@ SHA-256), typed text (cloud mode stores a count and a byte length, never the tex
 single device's update.
 """
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -35,6 +38,10 @@ __all__ = [
     "CloudText",
     "Round",
     "Stage",
+    "Ready",
+    "SchemaVersion",
+    "SCHEMA_VERSION",
+    "migrate",
     "Database",
     "utcnow",
 ]
@@ -122,6 +129,12 @@ class Round(Base):
     server_state: Mapped[dict | None] = mapped_column(JSON)
     outbox: Mapped[dict | None] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(String(1000))
+    # Schema 2: "sync" or "buffered"; public per-round facts for the dashboard: each member's
+    # staleness and weight (buffered), the value histogram of ONE masked upload as received
+    # (uniform-looking: it reveals nothing) and that of the unmasked average (never a single
+    # device's unmasked update).
+    mode: Mapped[str | None] = mapped_column(String(16))
+    stats: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Stage(Base):
@@ -138,11 +151,67 @@ class Stage(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class Ready(Base):
+    """Buffered mode: a device that trained from `trained_from` and waits for a round."""
+
+    __tablename__ = "ready_devices"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    trained_from: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SchemaVersion(Base):
+    """One row: the schema version this database was last migrated to (`migrate`)."""
+
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+# 1: the first release (no schema_version table). 2: rounds.mode, rounds.stats, ready_devices.
+SCHEMA_VERSION = 2
+# Columns added to existing tables after version 1: (table, column, portable SQL type).
+_ADDED_COLUMNS = {2: [("rounds", "mode", "VARCHAR(16)"), ("rounds", "stats", "JSON")]}
+
+
+def migrate(engine: Engine) -> int:
+    """Bring an existing database up to SCHEMA_VERSION; idempotent, returns the version.
+
+    `create_all` makes missing tables but never alters existing ones; the columns added since
+    are added here with `ALTER TABLE ... ADD COLUMN` when absent (checked by inspection, so a
+    crash between two statements is repaired by the next start)."""
+    from sqlalchemy import inspect, text
+
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        row = conn.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1)).first()
+        have = row[0] if row else 1
+        if have >= SCHEMA_VERSION:
+            return have
+        for v in range(have + 1, SCHEMA_VERSION + 1):
+            for table, column, sqltype in _ADDED_COLUMNS.get(v, []):
+                cols = {c["name"] for c in inspect(conn).get_columns(table)}
+                if column not in cols:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sqltype}"))
+        if row:
+            conn.execute(
+                SchemaVersion.__table__.update()
+                .where(SchemaVersion.id == 1)
+                .values(version=SCHEMA_VERSION)
+            )
+        else:
+            conn.execute(SchemaVersion.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # SQLite ignores foreign keys unless asked; WAL lets readers run during a write.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a commit survives a crash of the process (not of the OS before the next
+    # checkpoint); one fsync per checkpoint instead of per commit, for many small writes.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
@@ -157,11 +226,14 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Handlers run in a thread pool; each connection is used by one thread at a time.
-            kwargs["connect_args"] = {"check_same_thread": False}
+            # Writers queue for the lock up to 30 s (the default 5 s fails under load).
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30.0}
         self.engine: Engine = create_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine)
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._turn = threading.RLock() if sqlite else contextlib.nullcontext()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -170,7 +242,18 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose writes commit together on success and roll back on any error."""
+        """A session whose writes commit together on success and roll back on any error.
+
+        On SQLite (one writer at a time) transactions of this process take turns on a lock
+        instead of racing for the file lock, whose busy handler sleeps and retries: under many
+        concurrent requests that wait, not the work, dominated (bench/coordinator)."""
+        with self._turn, self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads: no turn to wait for (SQLite's WAL lets readers run
+        beside the writer, each seeing the last commit). Writes in it are a bug."""
         with self._sessions() as session, session.begin():
             yield session
 

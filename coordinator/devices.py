@@ -92,7 +92,7 @@ def authenticate(database: db.Database, token: str) -> DeviceInfo | None:
         digest = hash_token(token)
     except UnicodeEncodeError:
         return None
-    with database.transaction() as s:
+    with database.read() as s:
         row = s.scalars(select(db.Device).where(db.Device.token_hash == digest)).one_or_none()
         return None if row is None else _info(row)
 

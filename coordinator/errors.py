@@ -3,7 +3,7 @@
 Keeping them free of any web framework lets the round protocol drive the modules in-process.
 """
 
-__all__ = ["CoordinatorError", "NotFound", "Conflict", "Invalid"]
+__all__ = ["CoordinatorError", "NotFound", "Conflict", "Invalid", "Forbidden"]
 
 
 class CoordinatorError(Exception):
@@ -22,3 +22,7 @@ class Conflict(CoordinatorError):
 
 class Invalid(CoordinatorError):
     code = "invalid_request"
+
+
+class Forbidden(CoordinatorError):
+    code = "forbidden"

@@ -1,8 +1,15 @@
 """HTTP routes of federated rounds: thin handlers over `coordinator.rounds`.
 
   GET  /v1/rounds/current            is this device in a running round: params, its client id,
-                                      its neighbours' identity keys, the stage, and which
-                                      stage's server message waits in its inbox
+                                      its neighbours' identity keys, the stage, which stage's
+                                      server message waits in its inbox, and (buffered) the
+                                      version it must have trained from and its weight
+  POST /v1/rounds/ready              buffered mode: {"version": v} = trained from version v,
+                                      ready to join a round (409 sync mode, duplicate, in a
+                                      round, too stale; 403 cloud mode; 400 unknown version)
+  GET  /v1/admin/rounds              operator (Bearer operator token): mode, running round,
+                                      devices ready, the latest rounds
+  POST /v1/admin/rounds              operator: open a round now
   GET  /v1/rounds/{id}               public status of a round (stage, reason, new version)
   GET  /v1/rounds/{id}/inbox?stage=s the server's binary message that lets it answer stage s
                                       (200 octet-stream; 204 not yet; 409 round over/dropped)
@@ -21,13 +28,24 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coordinator import api_errors, devices, rounds
+from coordinator import (
+    admin,
+    api_errors,
+    buffered,
+    devices,
+    rounds,
+    scheduler,
+    schemas,
+    traffic,
+)
+from coordinator.api_errors import ApiError
 from coordinator.errors import CoordinatorError
 from coordinator.middleware import LimitAndAccount
 from coordinator.service import Coordinator
 
-__all__ = ["router", "RoundSizeLimit", "tick_forever"]
+__all__ = ["router", "admin_router", "RoundSizeLimit", "tick_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +78,17 @@ def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., N
             "identities": {str(k): v.hex() for k, v in view.identities.items()},
             "pending": view.pending,
             "model_version": view.model_version,
+            "mode": view.mode,
+            "trained_from": view.trained_from,
+            "staleness": view.staleness,
+            "weight": view.weight,
         }
+
+    @r.post("/v1/rounds/ready", responses=api_errors.responses(400, 401, 403, 409, 422, 429))
+    def ready(body: schemas.ReadyRequest, request: Request, dev: authed) -> dict:
+        out = buffered.ready(coord, dev.id, body.version)
+        mark(request, dev.id, "/v1/rounds/ready", "checkin", "round_task")
+        return out
 
     @r.get("/v1/rounds/{round_id}", responses=ERRORS)
     def round_status(round_id: int, request: Request, dev: authed) -> dict:
@@ -85,6 +113,35 @@ def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., N
         after = await anyio.to_thread.run_sync(rounds.submit, coord, round_id, dev.id, stage, body)
         mark(request, dev.id, "/v1/rounds/{id}/{stage}", _kind_in(stage), "ack")
         return {"accepted": True, "round_id": round_id, "stage": after}
+
+    return r
+
+
+def admin_router(coord: Coordinator, token: str) -> APIRouter:
+    """The operator's routes, behind `Authorization: Bearer <operator token>`."""
+    r = APIRouter()
+    bearer = HTTPBearer(auto_error=False, description="the operator token (data dir)")
+
+    def operator(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if creds is None:
+            raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <operator token>'")
+        if not admin.check(token, creds.credentials):
+            raise ApiError(403, "forbidden", "wrong operator token")
+
+    guarded = [Depends(operator)]
+    errs = api_errors.responses(400, 401, 403, 409)
+
+    @r.get("/v1/admin/rounds", dependencies=guarded, responses=errs)
+    def overview() -> dict:
+        return scheduler.overview(coord)
+
+    @r.post("/v1/admin/rounds", status_code=201, dependencies=guarded, responses=errs)
+    def open_now() -> dict:
+        rid = scheduler.open_now(coord)
+        log.info("operator opened round %d", rid)
+        return rounds.status(coord, rid)
 
     return r
 
@@ -121,10 +178,15 @@ class RoundSizeLimit:
 
 async def tick_forever(coord: Coordinator, interval_s: float) -> None:
     """Close timed-out stages every `interval_s`, so a round whose devices all went silent
-    ends on time even when nobody asks about it (the app runs this for its lifetime)."""
+    ends on time even when nobody asks about it, and open the rounds the schedule says are
+    due (`coordinator.scheduler`); the app runs this for its lifetime."""
     while True:
         await anyio.sleep(interval_s)
         try:
             await anyio.to_thread.run_sync(rounds.tick, coord)
+            await anyio.to_thread.run_sync(traffic.flush, coord.db)
+            rid = await anyio.to_thread.run_sync(scheduler.schedule, coord)
+            if rid is not None:
+                log.info("opened round %d (%s)", rid, coord.config.round_mode)
         except Exception:  # keep ticking: one failed tick must not stop the round clock
-            log.exception("closing timed-out round stages failed")
+            log.exception("closing timed-out round stages or opening a round failed")

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coordinator import server_opt
+from coordinator import db, server_opt
+from coordinator import round_store as rs
 from coordinator.registry import VersionInfo
 from model.checkpoint import atomic_write_bytes
 from secagg import dp
@@ -27,7 +28,7 @@ from secagg.server_state import AggregateResult
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
-__all__ = ["LEDGER_FILE", "ledger", "average_delta", "register_result"]
+__all__ = ["LEDGER_FILE", "ledger", "divisor", "average_delta", "register_result"]
 
 LEDGER_FILE = "privacy_ledger.json"
 
@@ -54,17 +55,31 @@ def _charge(coord: Coordinator) -> dp.PrivacyLedger | None:
     return nxt
 
 
+def divisor(result: AggregateResult, weights: dict[str, float] | None = None) -> float:
+    """What the unmasked sum is divided by: the number of contributors (sync), or the sum of
+    the public staleness weights of the devices whose inputs are in it (buffered)."""
+    if weights is None:
+        return float(result.num_contributors)
+    return float(sum(weights[str(u)] for u in result.contributors))
+
+
 def average_delta(
-    coord: Coordinator, result: AggregateResult, rng: np.random.Generator | None = None
+    coord: Coordinator,
+    result: AggregateResult,
+    rng: np.random.Generator | None = None,
+    weights: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The (noised, if DP is configured) average of the contributors' updates, float32."""
+    """The (noised, if DP is configured) (weighted) average of the contributors' updates."""
     cfg = coord.config
     total = result.vector_sum
     if cfg.dp is not None:
         # Noise randomness from the OS CSPRNG unless a test passes a seeded generator.
         rng = rng or np.random.default_rng(secrets.randbits(128))
         total = dp.add_noise(total, cfg.secagg.clip_norm, cfg.dp.noise_multiplier, rng)
-    return (np.asarray(total) / result.num_contributors).astype(np.float32)
+    total_weight = divisor(result, weights)
+    if total_weight <= 0:
+        raise ValueError("every contributor has weight 0: nothing to average")
+    return (np.asarray(total) / total_weight).astype(np.float32)
 
 
 def register_result(
@@ -74,6 +89,7 @@ def register_result(
     result: AggregateResult,
     dropouts: dict[str, int],
     rng: np.random.Generator | None = None,
+    weights: dict[str, float] | None = None,
 ) -> VersionInfo:
     """Apply the round's average delta to version `parent` and register the new version.
 
@@ -86,9 +102,11 @@ def register_result(
     cfg = coord.config
     spent = _charge(coord)
     part = coord.registry.device_part(parent)
+    avg = average_delta(coord, result, rng, weights)
+    _store_aggregate_histogram(coord, round_id, avg)
     new_vec = server_opt.apply_update(
         server_opt.flatten(part),
-        average_delta(coord, result, rng),
+        avg,
         cfg.server_learning_rate,
         cfg.server_momentum,
         cfg.data_dir / "server_optimizer.npz",
@@ -98,6 +116,8 @@ def register_result(
         "source": f"round {round_id}",
         "round": round_id,
         "contributors": result.num_contributors,
+        "mode": "sync" if weights is None else "buffered",
+        "total_weight": divisor(result, weights),
         "dropouts": dropouts,
         "fed_hits_at_1": hits1,
         "fed_hits_at_3": hits3,
@@ -114,3 +134,14 @@ def register_result(
         metrics,
         parent=parent,
     )
+
+
+def _store_aggregate_histogram(coord: Coordinator, round_id: int, avg: np.ndarray) -> None:
+    """The value histogram of the released (averaged, noised) aggregate, beside the masked
+    upload's: this is the sum of many devices' updates, never one device's."""
+    lo, hi = float(avg.min(initial=0.0)), float(avg.max(initial=0.0))
+    hist = rs.histogram(avg, lo, hi if hi > lo else lo + 1.0)
+    with coord.db.transaction() as s:
+        row = s.get(db.Round, round_id)
+        if row is not None:
+            row.stats = {**(row.stats or {}), "aggregate_hist": hist}

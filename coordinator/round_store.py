@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
 from sqlalchemy import select
 
 from coordinator import db
 from coordinator.errors import Conflict, NotFound
+from secagg import packing, wire
 from secagg.params import RoundParams
 from secagg.server_state import ServerStage, ServerState
 
@@ -40,7 +42,13 @@ __all__ = [
     "current_for",
     "status",
     "max_message_bytes",
+    "refuse_if_running",
+    "histogram",
+    "masked_histogram",
+    "HIST_BINS",
 ]
+
+HIST_BINS = 32
 
 STAGES = tuple(s.value for s in list(ServerStage)[:5])  # the collecting stages, in order
 
@@ -61,7 +69,11 @@ class RoundView:
     identities: dict[int, bytes]  # Ed25519 public keys of its neighbours and itself
     reason: str | None
     pending: str | None  # the stage whose server message waits for it in its inbox
-    model_version: int  # the global version the round's updates must start from
+    model_version: int  # the global version the round's result is applied to
+    mode: str  # sync or buffered
+    trained_from: int  # the version this device's update must start from
+    staleness: int  # versions between trained_from and model_version (0 in sync rounds)
+    weight: float  # public staleness weight the device multiplies its clipped update by
 
 
 def now_or(now: datetime | None) -> datetime:
@@ -127,25 +139,44 @@ def abort_row(s, row: db.Round, reason: str, final: ServerState | None, now: dat
 
 
 def current_for(coord: Coordinator, device_id: str) -> RoundView | None:
-    """The running round this device is in, if any."""
-    with coord.db.transaction() as s:
-        for row in s.scalars(select(db.Round).where(db.Round.status == "running")).all():
-            if device_id in devices(row).values():
-                u = client_id(row, device_id)
-                st = state(row)
-                nb = st.params.neighbours[u] + (u,)
-                pending = (row.outbox or {}).get(device_id, {}).get("stage")
-                ids = {v: st.identities[v] for v in nb}
-                return RoundView(
-                    row.id, row.status, st.stage.value, u, row.params, ids, row.reason, pending,
-                    row.version_id,
-                )  # fmt: skip
+    """The running round this device is in, if any. Polled by every device: reads the small
+    columns only (not the secagg state with its masked sum); the neighbours' identity keys
+    are their enrolled keys, which the round's state was made from."""
+    q = select(
+        db.Round.id, db.Round.status, db.Round.params, db.Round.members, db.Round.outbox,
+        db.Round.reason, db.Round.version_id, db.Round.mode, db.Round.stats,
+    ).where(db.Round.status == "running")  # fmt: skip
+    with coord.db.read() as s:
+        for row in s.execute(q).all():
+            ids = {int(k): v for k, v in row.members["devices"].items()}
+            u = next((k for k, v in ids.items() if v == device_id), None)
+            if u is None:
+                continue
+            params = RoundParams.from_json(row.params)
+            nb = params.neighbours[u] + (u,)
+            keys = dict(
+                s.execute(
+                    select(db.Device.id, db.Device.public_key).where(
+                        db.Device.id.in_([ids[v] for v in nb])
+                    )
+                ).all()
+            )
+            stage = stage_row(s, row.id).name
+            pending = (row.outbox or {}).get(device_id, {}).get("stage")
+            stats = row.stats or {}
+            return RoundView(
+                row.id, row.status, stage, u, row.params, {v: keys[ids[v]] for v in nb},
+                row.reason, pending, row.version_id, row.mode or "sync",
+                stats.get("trained_from", {}).get(str(u), row.version_id),
+                stats.get("staleness", {}).get(str(u), 0),
+                stats.get("weights", {}).get(str(u), 1.0),
+            )  # fmt: skip
     return None
 
 
 def status(coord: Coordinator, round_id: int) -> dict:
     """Status, stage, reason and resulting version of a round (public facts only)."""
-    with coord.db.transaction() as s:
+    with coord.db.read() as s:
         row = s.get(db.Round, round_id)
         if row is None:
             raise NotFound(f"no round {round_id}")
@@ -158,7 +189,9 @@ def status(coord: Coordinator, round_id: int) -> dict:
             "stage": row.server_state["stage"] if row.server_state else None,
             "reason": row.reason,
             "result_version": row.result_version,
+            "mode": row.mode or "sync",
             "cohort": len(row.members["devices"]),
+            "staleness": sorted((row.stats or {}).get("staleness", {}).values()),
             "dropouts": row.members.get("dropouts", {}),
             "stages": [
                 {
@@ -178,3 +211,24 @@ def max_message_bytes(coord: Coordinator, round_id: int) -> int:
         if row is None or row.params is None:
             raise NotFound(f"no round {round_id}")
         return RoundParams.from_json(row.params).max_message_bytes()
+
+
+def refuse_if_running(s) -> None:
+    if s.scalars(select(db.Round.id).where(db.Round.status == "running")).first():
+        raise Conflict("a round is already running")
+
+
+def histogram(values: np.ndarray, lo: float, hi: float, bins: int = HIST_BINS) -> dict:
+    """{"lo", "hi", "counts"}: `bins` equal-width bins over [lo, hi] (counts only)."""
+    counts, _ = np.histogram(np.asarray(values, np.float64), bins=bins, range=(lo, hi))
+    return {"lo": float(lo), "hi": float(hi), "counts": [int(c) for c in counts]}
+
+
+def masked_histogram(st: ServerState, message: bytes) -> dict:
+    """Histogram over the field [0, 2^width) of one masked input message, as received."""
+    spec = st.params.spec
+    _, body = wire.decode(
+        message, wire.MsgType.MASKED_INPUT, st.params.round_id, st.params.max_message_bytes()
+    )
+    masked = packing.unpack(body.payload, spec.width, spec.length)
+    return histogram(masked, 0, float(1 << spec.width))

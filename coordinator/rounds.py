@@ -11,18 +11,24 @@ and their running sum: the secagg state folds a masked input into the sum on rec
 
 When Unmasking closes, `coordinator.round_result` turns the aggregate into a new version. A
 round that falls below the secagg threshold ends `aborted`, with the reason, and no version.
+
+Buffered rounds (`coordinator.buffered`) form their cohort from ready devices instead of
+sampling (`start_round` with each member's version), then run the same stages; the round row
+keeps its mode and each member's staleness and public weight (`rounds.stats`), and the
+aggregate is divided by the survivors' total weight. `coordinator.scheduler` opens rounds.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
 
-from coordinator import db, evaluation, round_result, server_opt
+from coordinator import db, evaluation, round_result, server_opt, staleness
 from coordinator import round_store as rs
 from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.round_store import STAGES, RoundView, current_for, max_message_bytes, status
@@ -44,6 +50,7 @@ __all__ = [
     "STAGES",
     "RoundView",
     "open_round",
+    "start_round",
     "current_for",
     "status",
     "max_message_bytes",
@@ -61,7 +68,7 @@ def open_round(
     cohort_size: int | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Sample a cohort of on-device devices and start a round; returns its id.
+    """Sample a cohort of on-device devices and start a synchronous round; returns its id.
 
     ceil(cohort_size * (1 + round_overselect)) devices are asked, so the round survives the
     dropouts the secagg threshold was chosen for. One round runs at a time.
@@ -70,11 +77,8 @@ def open_round(
     want = cohort_size or cfg.round_cohort_size
     now = rs.now_or(now)
     tick(coord, now)  # a round whose devices all went silent ends here, not blocks forever
-    current = coord.registry.current()
-    dim = server_opt.dimension(coord.registry.device_part(current.id))
     with rs.LOCK, coord.db.transaction() as s:
-        if s.scalars(select(db.Round.id).where(db.Round.status == "running")).first():
-            raise Conflict("a round is already running")
+        rs.refuse_if_running(s)
         rows = s.scalars(
             select(db.Device).where(db.Device.mode == "on_device").order_by(db.Device.id)
         ).all()
@@ -82,18 +86,47 @@ def open_round(
         if n < 2:
             raise Invalid(f"{len(rows)} on-device devices enrolled; a round needs at least 2")
         chosen = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
-        members = {i: rows[j].id for i, j in enumerate(chosen)}
-        identities = {i: rows[j].public_key for i, j in enumerate(chosen)}
-        row = db.Round(version_id=current.id, status="running", started_at=now)
-        s.add(row)
-        s.flush()  # the id (and start time) label the secagg round, bound into every message
-        params = new_round(cfg.secagg, f"sotto/{row.id}/{now.isoformat()}", list(members), dim)
-        row.params = params.to_json()
-        row.members = {"devices": {str(k): v for k, v in members.items()}, "dropouts": {}}
-        row.server_state = server.new_server(params, identities).to_json()
-        row.outbox = {}
-        rs.open_stage(s, row.id, ServerStage.ADVERTISE.value, now)
-        return row.id
+        return start_round(coord, s, [rows[j] for j in chosen], "sync", None, now)
+
+
+def start_round(
+    coord: Coordinator,
+    s,
+    cohort: list[db.Device],
+    mode: str,
+    trained_from: dict[str, int] | None,
+    now: datetime,
+) -> int:
+    """Create the round row for `cohort` (inside the caller's transaction and lock).
+
+    Buffered rounds pass each member's `trained_from` version: its staleness against the
+    current version and its public weight are stored with the round and handed out in the
+    member's round task."""
+    cfg = coord.config
+    current = coord.registry.current()
+    dim = server_opt.dimension(coord.registry.device_part(current.id))
+    members = {i: d.id for i, d in enumerate(cohort)}
+    identities = {i: d.public_key for i, d in enumerate(cohort)}
+    stats: dict = {}
+    if trained_from is not None:
+        taus = {i: staleness.staleness(trained_from[d], current.id) for i, d in members.items()}
+        stats["trained_from"] = {str(i): trained_from[d] for i, d in members.items()}
+        stats["staleness"] = {str(i): t for i, t in taus.items()}
+        stats["weights"] = {
+            str(i): staleness.weight(t, cfg.staleness_exponent, cfg.max_staleness)
+            for i, t in taus.items()
+        }
+    row = db.Round(version_id=current.id, status="running", started_at=now, mode=mode)
+    s.add(row)
+    s.flush()  # the id (and start time) label the secagg round, bound into every message
+    params = new_round(cfg.secagg, f"sotto/{row.id}/{now.isoformat()}", list(members), dim)
+    row.params = params.to_json()
+    row.members = {"devices": {str(k): v for k, v in members.items()}, "dropouts": {}}
+    row.server_state = server.new_server(params, identities).to_json()
+    row.outbox = {}
+    row.stats = stats
+    rs.open_stage(s, row.id, ServerStage.ADVERTISE.value, now)
+    return row.id
 
 
 def submit(
@@ -108,8 +141,8 @@ def submit(
     expected has answered. Returns the round's stage (or final status) afterwards. Any
     rejection raises before anything is written: Conflict for protocol errors (wrong stage,
     replay, another round or sender), Invalid for bad bytes or signatures."""
-    now = rs.now_or(now)
     tick(coord, now)
+    now = rs.now_or(now)
     with rs.LOCK:
         with coord.db.transaction() as s:
             row = rs.load(s, round_id)
@@ -129,6 +162,10 @@ def submit(
             except (WireError, CryptoError) as e:
                 raise Invalid(str(e)) from e
             row.server_state = st.to_json()
+            if stage == ServerStage.MASKED_INPUT.value and "masked_hist" not in (row.stats or {}):
+                # What the server saw of one upload: the value histogram of a masked vector
+                # (uniform over the field whatever the update; the vector is not kept).
+                row.stats = {**(row.stats or {}), "masked_hist": rs.masked_histogram(st, message)}
             rs.stage_row(s, round_id).bytes_in += len(message)
             complete = set(st.inbox) >= rs.expected(st)
         if complete:
@@ -144,7 +181,7 @@ def inbox(coord: Coordinator, round_id: int, device_id: str, stage: str) -> byte
     if stage not in STAGES:
         raise Invalid(f"unknown stage {stage!r}; stages are {STAGES}")
     tick(coord)
-    with coord.db.transaction() as s:
+    with coord.db.read() as s:
         # Polled often: read the small columns, not the server state with its masked sum.
         q = select(db.Round.status, db.Round.reason, db.Round.members, db.Round.outbox)
         row = s.execute(q.where(db.Round.id == round_id)).one_or_none()
@@ -162,13 +199,26 @@ def inbox(coord: Coordinator, round_id: int, device_id: str, stage: str) -> byte
         return None
 
 
+TICK_EVERY_S = 0.5
+_last_tick: dict[int, float] = {}  # per Coordinator object
+
+
 def tick(coord: Coordinator, now: datetime | None = None) -> list[int]:
     """Close every stage whose timeout passed (its silent devices have dropped); returns the
-    rounds touched. Called on every round request; an operator loop may call it too."""
+    rounds touched. Called on every round request; an operator loop may call it too.
+
+    Without `now` (a request's own clock) it runs at most every TICK_EVERY_S per process:
+    stage timeouts are tens of seconds, and every device request checking them made the
+    checks themselves a bottleneck (bench/coordinator)."""
+    if now is None:
+        t = time.monotonic()
+        if t - _last_tick.get(id(coord), float("-inf")) < TICK_EVERY_S:
+            return []
+        _last_tick[id(coord)] = t
     now = rs.now_or(now)
     cfg = coord.config
     due = []
-    with coord.db.transaction() as s:  # ids and stage rows only: no state is parsed here
+    with coord.db.read() as s:  # ids and stage rows only: no state is parsed here
         for rid in s.scalars(select(db.Round.id).where(db.Round.status == "running")).all():
             g = rs.stage_row(s, rid)
             timeout = (
@@ -229,6 +279,7 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
     with coord.db.transaction() as s:
         row = rs.load(s, round_id)
         st, parent, dropouts = rs.state(row), row.version_id, dict(row.members["dropouts"])
+        weights = (row.stats or {}).get("weights")
     try:
         st, result = server.finish(st)
     except AbortError as e:
@@ -236,7 +287,9 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
             rs.abort_row(s, rs.load(s, round_id), str(e), e.state, now)
         return "aborted"
     try:
-        version = round_result.register_result(coord, round_id, parent, result, dropouts)
+        version = round_result.register_result(
+            coord, round_id, parent, result, dropouts, weights=weights
+        )
     except BudgetExhaustedError as e:  # nothing released: the round ends like an abort
         with coord.db.transaction() as s:
             rs.abort_row(s, rs.load(s, round_id), str(e), None, now)

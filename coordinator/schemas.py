@@ -18,6 +18,7 @@ __all__ = [
     "EnrolRequest",
     "EnrolResponse",
     "CheckinRequest",
+    "ReadyRequest",
     "ModeRequest",
     "Download",
     "Training",
@@ -74,6 +75,10 @@ class CheckinRequest(Strict):
     base_sha256: str | None = Field(
         default=None, pattern=SHA256_PATTERN, description="hash of the LiteRT file it holds"
     )
+
+
+class ReadyRequest(Strict):
+    version: int = Field(description="the global version the device trained its update from")
 
 
 class Download(BaseModel):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from coordinator import admin
 from coordinator.app import create_app
 from coordinator.config import CoordinatorConfig
 from coordinator.service import Coordinator
@@ -60,6 +61,11 @@ def serve(config: CoordinatorConfig) -> None:
         coordinator.db.describe(),
         config.data_dir,
         current and current.id,
+    )
+    log.info(
+        "rounds: %s; operator token (for `sotto round open|status`): %s",
+        config.round_mode,
+        config.data_dir / admin.TOKEN_FILE,
     )
     try:
         build_server(config, coordinator).run()

@@ -7,7 +7,7 @@ population simulator can drive the same object directly, without HTTP.
 import logging
 from dataclasses import dataclass
 
-from coordinator import db, evaluation, rounds
+from coordinator import db, evaluation, rounds, traffic
 from coordinator.cloud import CloudPredictor
 from coordinator.config import CoordinatorConfig
 from coordinator.registry import Registry
@@ -48,4 +48,5 @@ class Coordinator:
         return coordinator
 
     def close(self) -> None:
+        traffic.flush(self.db)  # per-request accounting still waiting to be written
         self.db.close()

@@ -50,6 +50,9 @@ def new_public_key() -> bytes:
 
 def snapshot(database: db.Database) -> dict[str, list[tuple]]:
     """Every row of every table, for asserting that a rejected request changed nothing."""
+    from coordinator import traffic
+
+    traffic.flush(database)  # accounting of earlier requests is part of "before"
     out = {}
     with database.transaction() as s:
         for table in db.Base.metadata.sorted_tables:

@@ -14,12 +14,14 @@ from model import paths
 
 REFERENCE_FILE = paths.ROOT / "bench" / "results" / "quality.json"
 EMPTY_ROUNDS = "No rounds yet: start the coordinator, enrol on-device phones and open a round."
-NOT_STORED = (
-    "What the server saw of one upload is not stored: each masked vector (indistinguishable "
-    "from random without the other devices' masks) is folded into the running sum on receipt "
-    "and only the unmasked sum of the whole cohort is ever decoded. There is nothing per device "
-    "to show, by design. What is stored is how many bytes each device sent:"
+SEEN = (
+    "Left: the value histogram of one device's upload exactly as the server received it, "
+    "masked: uniform over the secure-aggregation field whatever the update was, so it reveals "
+    "nothing. Right: the unmasked aggregate, the average of the whole cohort's updates (with DP "
+    "noise when on), the only vector the server ever decodes. No single device's unmasked "
+    "update exists on the server, in memory, logs or database."
 )
+NO_HISTOGRAM = "No round has reached Unmasking yet: nothing to show."
 
 
 def _pct(x) -> str:
@@ -43,7 +45,7 @@ def _quality(engine) -> None:
         return
     evaluated = df.dropna(subset=["public_top1"])
     federated = df.dropna(subset=["fed_top1"])
-    c = st.columns(3)
+    c = st.columns(5)
     c[0].metric("Current version", int(df["version"].iloc[-1]))
     last = evaluated.iloc[-1] if len(evaluated) else None
     c[1].metric(
@@ -54,6 +56,13 @@ def _quality(engine) -> None:
     c[2].metric(
         "Federated top-1" + (f", v{int(fed['version'])}" if fed is not None else ""),
         _pct(None if fed is None else fed["fed_top1"]),
+    )
+    tag = f", v{int(last['version'])}" if last is not None else ""
+    ks = None if last is None else last["public_keystroke_savings"]
+    ppl = None if last is None else last["public_perplexity"]
+    c[3].metric("Keystroke savings (server-side)" + tag, _pct(ks))
+    c[4].metric(
+        "Perplexity (server-side)" + tag, "–" if ppl is None or pd.isna(ppl) else f"{ppl:.1f}"
     )
     long = df.melt(
         id_vars=["version"],
@@ -96,6 +105,30 @@ def _quality(engine) -> None:
         "masked aggregate. Dashed: 3-gram baseline and centralised model on chitchat held-out "
         "users (bench/results/quality.json)."
     )
+    left, right = st.columns(2)
+    ks_df = df.dropna(subset=["public_keystroke_savings"])
+    if not ks_df.empty:
+        left.altair_chart(
+            alt.Chart(ks_df)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("version:O", title="global version"),
+                y=alt.Y("public_keystroke_savings:Q", axis=alt.Axis(format="%"),
+                        title="keystroke savings (server-side)"),
+            ),
+            width="stretch",
+        )  # fmt: skip
+    ppl_df = df.dropna(subset=["public_perplexity"])
+    if not ppl_df.empty:
+        right.altair_chart(
+            alt.Chart(ppl_df)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("version:O", title="global version"),
+                y=alt.Y("public_perplexity:Q", title="perplexity (server-side, lower is better)"),
+            ),
+            width="stretch",
+        )
     st.dataframe(df, hide_index=True)
 
 
@@ -104,12 +137,31 @@ def _rounds(engine) -> None:
     if df.empty:
         st.info(EMPTY_ROUNDS)
         return
-    c = st.columns(4)
+    c = st.columns(5)
     c[0].metric("Rounds done", int((df["status"] == "done").sum()))
     c[1].metric("Rounds aborted", int((df["status"] == "aborted").sum()))
     c[2].metric("Running", int((df["status"] == "running").sum()))
     c[3].metric("Dropouts (all rounds)", int(df["dropped_total"].sum()))
+    c[4].metric("Mode (latest round)", str(df["mode"].iloc[-1]))
     st.dataframe(df, hide_index=True)
+    st.subheader("Staleness of buffered-round updates")
+    stale = q.staleness(engine)
+    if stale.empty:
+        st.caption("No buffered rounds yet: in synchronous rounds every update has staleness 0.")
+    else:
+        dist = stale.groupby("staleness").size().reset_index(name="updates")
+        st.altair_chart(
+            alt.Chart(dist)
+            .mark_bar()
+            .encode(
+                x=alt.X("staleness:O", title="staleness (versions behind)"),
+                y=alt.Y("updates:Q", title="updates"),
+                tooltip=["staleness", "updates"],
+            ),
+            width="stretch",
+        )
+        st.caption("Each update is weighted by (1 + staleness)^-1/2 before masking (FedBuff).")
+        st.dataframe(stale, hide_index=True)
     every = q.stages(engine)
     st.subheader("Stages: duration and secure-aggregation bytes")
     g = every.dropna(subset=["duration_s"])  # the open stage of a running round has none yet
@@ -195,7 +247,28 @@ def _privacy(engine, url: str) -> None:
             )
         st.dataframe(p["per_version"], hide_index=True)
     st.subheader("What the server saw of one upload")
-    st.write(NOT_STORED)
+    h = q.upload_histograms(engine)
+    both = h.groupby("round")["what"].nunique()
+    both = both[both == 2]
+    if both.empty:
+        st.info(NO_HISTOGRAM)
+    else:
+        rid = int(both.index.max())
+        st.write(SEEN)
+        left, right = st.columns(2)
+        for col, what in ((left, "masked upload"), (right, "unmasked aggregate")):
+            part = h[(h["round"] == rid) & (h["what"] == what)]
+            col.altair_chart(
+                alt.Chart(part)
+                .mark_bar()
+                .encode(
+                    x=alt.X("lo:Q", bin="binned", title=f"{what}, round {rid}: value"),
+                    x2="hi:Q",
+                    y=alt.Y("count:Q", title="coordinates"),
+                ),
+                width="stretch",
+            )
+    st.caption("Masked vectors received per round (bytes, whole cohort):")
     t = q.stages(engine)
     st.dataframe(
         t[t["stage"] == "masked_input"][["round", "bytes_in"]].rename(

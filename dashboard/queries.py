@@ -37,6 +37,8 @@ __all__ = [
     "check",
     "quality",
     "rounds",
+    "staleness",
+    "upload_histograms",
     "stages",
     "bytes_per_round",
     "traffic_by_kind",
@@ -56,6 +58,7 @@ FULL_MODEL_PARAMS = 1_431_950
 DENSE_UPDATE_BYTES = FULL_MODEL_PARAMS * 4
 _ROUND_ENDPOINT = "/v1/rounds/"
 _TABLES = {t.name for t in db.Base.metadata.sorted_tables}
+_ADDED_TABLES = {"ready_devices", "schema_version"}  # schema 2 (coordinator.db.migrate)
 
 
 class DashboardError(Exception):
@@ -123,6 +126,11 @@ def check(engine: Engine) -> None:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise DashboardError(f"cannot open the database {where}: {reason}") from e
     missing = sorted(_TABLES - names)
+    if missing and set(missing) <= _ADDED_TABLES:
+        raise DashboardError(
+            f"{where} was written by an older coordinator: start the coordinator once on it to "
+            "migrate its schema (the dashboard only reads)"
+        )
     if missing:
         raise DashboardError(
             f"{where} is not a Sotto coordinator database (missing tables: {', '.join(missing)})"
@@ -173,6 +181,8 @@ def quality(engine: Engine) -> pd.DataFrame:
                 "public_top1": m.get("public_top1"),
                 "public_top3": m.get("public_top3"),
                 "public_targets": m.get("public_targets"),
+                "public_perplexity": m.get("public_perplexity"),
+                "public_keystroke_savings": m.get("public_keystroke_savings"),
                 "fed_hits_at_1": h1,
                 "fed_hits_at_3": h3,
                 "fed_words": m.get("fed_words"),
@@ -183,18 +193,20 @@ def quality(engine: Engine) -> pd.DataFrame:
         )
     cols = [
         "version", "parent", "created_at", "source", "round", "public_top1", "public_top3",
-        "public_targets", "fed_hits_at_1", "fed_hits_at_3", "fed_words", "fed_top1", "fed_top3",
+        "public_targets", "public_perplexity", "public_keystroke_savings", "fed_hits_at_1",
+        "fed_hits_at_3", "fed_words", "fed_top1", "fed_top3",
         "contributors",
     ]  # fmt: skip
     return pd.DataFrame(out, columns=cols)
 
 
 def rounds(engine: Engine) -> pd.DataFrame:
-    """One row per round: status, cohort, contributors, dropouts per stage, duration."""
+    """One row per round: mode, status, cohort, over-selection, contributors, dropouts per
+    stage, staleness (buffered rounds), duration."""
     r, v = db.Round.__table__, db.Version.__table__
     q = select(
         r.c.id, r.c.version_id, r.c.result_version, r.c.status, r.c.started_at, r.c.ended_at,
-        r.c.members, r.c.params, r.c.reason,
+        r.c.members, r.c.params, r.c.reason, r.c.mode, r.c.stats,
     ).order_by(r.c.id)  # fmt: skip
     contributors = {
         row.id: (row.metrics or {}).get("contributors")
@@ -205,9 +217,11 @@ def rounds(engine: Engine) -> pd.DataFrame:
         members = row.members or {}
         drops = members.get("dropouts") or {}
         params = row.params or {}
+        taus = list(((row.stats or {}).get("staleness") or {}).values())
         out.append(
             {
                 "round": row.id,
+                "mode": row.mode or "sync",
                 "status": row.status,
                 "from_version": row.version_id,
                 "result_version": row.result_version,
@@ -219,15 +233,58 @@ def rounds(engine: Engine) -> pd.DataFrame:
                 "contributors": contributors.get(row.result_version),
                 **{f"dropped_{s}": int(drops.get(s, 0)) for s in STAGES},
                 "dropped_total": int(sum(drops.values())),
+                "staleness_mean": sum(taus) / len(taus) if taus else None,
+                "staleness_max": max(taus) if taus else None,
                 "reason": row.reason,
             }
         )
     cols = [
-        "round", "status", "from_version", "result_version", "started_at", "ended_at",
+        "round", "mode", "status", "from_version", "result_version", "started_at", "ended_at",
         "duration_s", "cohort", "threshold", "contributors",
-        *[f"dropped_{s}" for s in STAGES], "dropped_total", "reason",
+        *[f"dropped_{s}" for s in STAGES], "dropped_total", "staleness_mean", "staleness_max",
+        "reason",
     ]  # fmt: skip
     return pd.DataFrame(out, columns=cols)
+
+
+def staleness(engine: Engine) -> pd.DataFrame:
+    """One row per member of every buffered round: its staleness (versions behind when the
+    round opened) and its public weight. Synchronous rounds have none (all trained from the
+    round's version)."""
+    r = db.Round.__table__
+    out = []
+    for row in _rows(engine, select(r.c.id, r.c.stats).order_by(r.c.id)):
+        st = row.stats or {}
+        weights = st.get("weights") or {}
+        for client, tau in sorted((st.get("staleness") or {}).items(), key=lambda x: int(x[0])):
+            out.append(
+                {"round": row.id, "client": int(client), "staleness": int(tau),
+                 "weight": weights.get(client)}
+            )  # fmt: skip
+    return pd.DataFrame(out, columns=["round", "client", "staleness", "weight"])
+
+
+def upload_histograms(engine: Engine) -> pd.DataFrame:
+    """Per round, the value histogram of ONE masked upload as the server received it (field
+    values, uniform whatever the update) and that of the unmasked aggregate (the released
+    average of the whole cohort): one row per bin, {round, what, bin, lo, hi, count}."""
+    r = db.Round.__table__
+    names = {"masked_hist": "masked upload", "aggregate_hist": "unmasked aggregate"}
+    out = []
+    for row in _rows(engine, select(r.c.id, r.c.stats).order_by(r.c.id)):
+        for key, what in names.items():
+            h = (row.stats or {}).get(key)
+            if not h:
+                continue
+            n = len(h["counts"])
+            width = (h["hi"] - h["lo"]) / n
+            for i, c in enumerate(h["counts"]):
+                lo = h["lo"] + i * width
+                out.append(
+                    {"round": row.id, "what": what, "bin": i, "lo": lo, "hi": lo + width,
+                     "count": int(c)}
+                )  # fmt: skip
+    return pd.DataFrame(out, columns=["round", "what", "bin", "lo", "hi", "count"])
 
 
 def stages(engine: Engine) -> pd.DataFrame:
@@ -263,7 +320,9 @@ def bytes_per_round(engine: Engine) -> pd.DataFrame:
     ups = [dict.fromkeys(m, 0) for m in members]
     downs = [dict.fromkeys(m, 0) for m in members]
     q = select(t.c.device_id, t.c.direction, t.c.bytes, t.c.at)
-    for d, direction, n, at in _rows(engine, q.where(t.c.endpoint.startswith(_ROUND_ENDPOINT))):
+    # A ready report (buffered mode) comes before its round: not round traffic.
+    q = q.where(t.c.endpoint.startswith(_ROUND_ENDPOINT), t.c.endpoint != "/v1/rounds/ready")
+    for d, direction, n, at in _rows(engine, q):
         i = bisect.bisect_right(starts, _utc(at)) - 1
         if i >= 0 and d in members[i]:
             (ups[i] if direction == "in" else downs[i])[d] += int(n)

@@ -6,7 +6,10 @@ devices, traffic, cloud-text, round, stage and version rows are the ones a live 
 writes: four on-device phones run SecAgg+ clients on random deltas (no local training, to stay
 fast), one cloud-mode phone asks for predictions. Round 1 completes with everyone, round 2 loses
 one phone after ShareKeys (the masked-input timeout closes the stage), round 3 is abandoned
-and aborts. `python -m dashboard.sample DIR` writes such a database under DIR.
+and aborts. The coordinator then restarts in buffered mode (FedBuff): the four phones report
+ready, phone0 with version 2 (it missed round 2: staleness 1, weight 1/sqrt(2)) and the others
+with version 3, and round 4 runs over them with staleness-weighted updates.
+`python -m dashboard.sample DIR` writes such a database under DIR.
 """
 
 from __future__ import annotations
@@ -87,10 +90,16 @@ class _Phone:
         acc[0] += sent
         acc[1] += got
 
+    def ready(self, version: int) -> dict:
+        r = self.http.post("/v1/rounds/ready", json={"version": version}, headers=self.h)
+        r.raise_for_status()
+        return r.json()
+
     def join(self, rid: int, seed: int) -> None:
         r = self.http.get("/v1/rounds/current", headers=self.h)
         task = r.json()
         self._count(rid, 0, len(r.content))
+        self.weight = float(task["weight"])  # public staleness weight (1 in sync rounds)
         self.params = RoundParams.from_json(task["params"])
         ids = {int(k): bytes.fromhex(v) for k, v in task["identities"].items()}
         self.state = client.new_client(self.params, task["client_id"], self.sk, ids)
@@ -109,7 +118,9 @@ class _Phone:
             elif stage == "masked_input":
                 delta = self.rng.normal(0, 0.01, self.params.dim).astype(np.float32)
                 # Federated-evaluation counters (hits@1, hits@3, words) ride in the masked sum.
-                enc = encoding.encode(delta, self.params.spec, self.rng, (1, 2, 4))
+                enc = encoding.encode(
+                    delta, self.params.spec, self.rng, (1, 2, 4), weight=self.weight
+                )
                 self.state, msg = client.masked_input(self.state, got, enc)
             elif stage == "consistency":
                 self.state, msg = client.consistency_check(self.state, got)
@@ -124,8 +135,10 @@ class _Phone:
         self._count(rid, len(msg), len(r.content))
 
 
-def _round(coord, phones: list[_Phone], seed: int, drop_after_share: _Phone | None) -> int:
-    rid = rounds.open_round(coord, np.random.default_rng(seed))
+def _round(
+    coord, phones: list[_Phone], seed: int, drop_after_share: _Phone | None, rid: int | None = None
+) -> int:
+    rid = rid or rounds.open_round(coord, np.random.default_rng(seed))
     for i, p in enumerate(phones):
         p.join(rid, seed * 100 + i)
     for stage in rounds.STAGES:
@@ -163,6 +176,19 @@ def run(data_dir: Path, database_url: str | None = None) -> SampleRun:
         rounds.tick(coord, later)
         for rid in (r1, r2, r3):
             out.rounds[rid] = rounds.status(coord, rid)["status"]
+    # The same database, restarted in buffered mode: the fourth ready report opens round 4.
+    buffered = dataclasses.replace(cfg, round_mode="buffered", round_buffer_size=PHONES)
+    with TestClient(create_app(buffered)) as http:
+        coord = http.app.state.coordinator
+        for p in phones:
+            p.http = http
+        answers = [p.ready(v) for p, v in zip(phones, (2, 3, 3, 3), strict=True)]
+        r4 = _round(coord, phones, 4, None, rid=answers[-1]["round_id"])
+        v4 = rounds.status(coord, r4)["result_version"]
+        evaluation.evaluate_version(coord.registry, v4, cfg.eval_preset, cfg.eval_targets)
+        for p in phones[1:]:  # phone0 stays on version 2
+            http.post("/v1/checkin", json={"version": v4}, headers=p.h).raise_for_status()
+        out.rounds[r4] = rounds.status(coord, r4)["status"]
     return out
 
 

@@ -7,6 +7,11 @@ part), clipped and stochastically quantised by `secagg.encoding`, with the feder
 evaluation counters (hits@1, hits@3, words of the global model on the held-back text) riding
 in the same masked sum. The secagg client state lives in memory for the round only: a device
 that restarts mid-round has dropped out, which the protocol tolerates.
+
+Buffered rounds (FedBuff): after training, the device calls `report_ready` with the version
+it trained from, then `contribute` as usual; its round task names that version and a public
+staleness weight, which `secagg.encoding.encode` applies to the clipped update before
+quantising and masking.
 """
 
 import logging
@@ -22,7 +27,7 @@ from keyboard.transport import Transport, TransportError
 from secagg import client, encoding
 from secagg.params import RoundParams
 
-__all__ = ["RoundOutcome", "flatten_delta", "evaluate_global", "contribute"]
+__all__ = ["RoundOutcome", "flatten_delta", "evaluate_global", "report_ready", "contribute"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,15 @@ def evaluate_global(device: Device, max_words: int = 40) -> tuple[int, int, int]
             hits3 += int(w[i] in got)
             words += 1
     return hits1, hits3, words
+
+
+def report_ready(transport: Transport, version: int) -> dict:
+    """Buffered mode: tell the coordinator this device trained from `version` and can join a
+    round (`POST /v1/rounds/ready`); returns its answer (ready count, staleness, round id)."""
+    what = f"ready to contribute: trained from model version {version} (no data)"
+    return transport.request(
+        "POST", "/v1/rounds/ready", "checkin", what, json={"version": version}
+    ).json()
 
 
 def _wait(
@@ -110,11 +124,13 @@ def contribute(
     rid = task["round_id"]
     if task["stage"] != "advertise":
         return RoundOutcome(rid, "dropped", 0, 0, None, "joined after AdvertiseKeys")
-    if task["model_version"] != device.version:
-        # An update from another version would be averaged as if from this one: sit the round
+    want = task.get("trained_from", task["model_version"])
+    if want != device.version:
+        # An update from another version would be weighted as if from that one: sit the round
         # out (over-selection covers it) and update before the next.
-        why = f"trained from version {device.version}, round is for {task['model_version']}"
+        why = f"trained from version {device.version}, round is for {want}"
         return RoundOutcome(rid, "skipped", 0, 0, None, why)
+    weight = float(task.get("weight", 1.0))  # public: 1 in sync rounds
     params = RoundParams.from_json(task["params"])
     ids = {int(k): bytes.fromhex(v) for k, v in task["identities"].items()}
     st = client.new_client(params, task["client_id"], creds.identity_seed, ids)
@@ -132,7 +148,7 @@ def contribute(
             elif stage == "masked_input":
                 x = flatten_delta(device.delta())
                 counters = evaluate_global(device)
-                enc = encoding.encode(x, params.spec, rng, counters)
+                enc = encoding.encode(x, params.spec, rng, counters, weight=weight)
                 st, msg = client.masked_input(st, got, enc)
                 masked = len(msg)
             elif stage == "consistency":

@@ -80,8 +80,24 @@ def _coordinator(args: argparse.Namespace) -> None:
         data_dir=Path(args.data_dir),
         database_url=args.db_url,
         eval_targets=args.eval_targets,
+        round_mode=args.round_mode,
+        round_interval_s=args.round_interval,
+        round_buffer_size=args.buffer_size,
     )
     server.serve(config)
+
+
+def _round(args: argparse.Namespace) -> None:
+    import json
+
+    from coordinator import admin
+
+    token = admin.read_token(Path(args.data_dir))
+    act = admin.open_round if args.action == "open" else admin.status
+    try:
+        print(json.dumps(act(args.url, token), indent=2))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from e
 
 
 def _dashboard(args: argparse.Namespace) -> None:
@@ -156,7 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--eval-targets", type=int, default=2000, help="server-side evaluation size (0 = skip)"
     )
+    s.add_argument("--round-mode", choices=["sync", "buffered"], default="sync")
+    s.add_argument(
+        "--round-interval", type=float, default=0.0, help="sync: open a round every N s (0 = off)"
+    )
+    s.add_argument("--buffer-size", type=int, default=10, help="buffered: devices ready per round")
     s.set_defaults(func=_coordinator)
+
+    s = sub.add_parser("round", help="operator: open a round now, or show round status")
+    s.add_argument("action", choices=["open", "status"])
+    s.add_argument("--url", default="http://127.0.0.1:8470", help="the coordinator's URL")
+    s.add_argument(
+        "--data-dir", default=str(paths.RUNS / "coordinator"), help="holds the operator token"
+    )
+    s.set_defaults(func=_round)
 
     s = sub.add_parser("dashboard", help="the Streamlit dashboard over the coordinator database")
     s.add_argument(

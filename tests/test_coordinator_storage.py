@@ -13,6 +13,7 @@ from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.ratelimit import TokenBucketLimiter
 from coordinator.registry import Registry
 from coordinator.service import Coordinator
+from keyboard.runtime import DeviceModel
 from model import paths
 
 
@@ -174,6 +175,33 @@ def test_evaluation_on_public_users_is_stored_as_metrics(tmp_path):
             c.registry.model_bytes(1), c.registry.device_part(1), vocab, messages, 40
         )
         assert again["top1"] == m["public_top1"]
+        assert again["perplexity"] == m["public_perplexity"] > 1.0
+        assert 0.0 < m["public_keystroke_savings"] < 1.0
+        assert 0 < m["public_keystroke_words"] <= 40
+    finally:
+        c.close()
+
+
+def test_keystroke_savings_and_perplexity_match_the_keyboard_on_one_message(tmp_path):
+    """On "how are you": perplexity from the targets' log-probabilities, and keystroke savings
+    from what the phone's own suggestion strip (`DeviceModel.suggest`) offers letter by letter."""
+    c = Coordinator.open(testing.fresh_config(tmp_path))
+    try:
+        model, part = c.registry.model_bytes(1), c.registry.device_part(1)
+        msg = np.asarray(c.vocab.encode("how are you"), np.int32)  # <bos> how are you <eos>
+        got = evaluation.evaluate(model, part, c.vocab, [msg], 3)  # the three words
+        dm = DeviceModel(model, c.vocab, part)
+        words = ["how", "are", "you"]
+        logp, saved = [], 0
+        for i, w in enumerate(words):
+            ids, scores = dm.top_k(words[:i], prefix=w)  # log-probs over the whole vocabulary
+            logp.append(float(scores[list(ids).index(c.vocab.id(w))]))
+            typed = " ".join(words[:i]) + (" " if i else "")
+            p = next((p for p in range(len(w)) if w in dm.suggest(typed + w[:p])), None)
+            saved += 0 if p is None else len(w) - p
+        assert got["targets"] == got["keystroke_words"] == 3
+        assert got["perplexity"] == pytest.approx(float(np.exp(-np.mean(logp))), rel=1e-6)
+        assert got["keystroke_savings"] == saved / 12 and saved > 0  # 3 words x (3 letters + 1)
     finally:
         c.close()
 

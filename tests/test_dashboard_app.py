@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from sqlalchemy import create_engine, text
@@ -51,21 +52,26 @@ def test_every_tab_shows_the_run(monkeypatch, run):
     quality = q.quality(e).set_index("version")
     bytes_ = q.bytes_per_round(e).set_index("round")
     eps = q.privacy(e, q.ledger_path(run.url))["epsilon_spent"]
-    top_up = max(up for up, _ in run.round_bytes[2].values())
+    top_up = max(up for up, _ in run.round_bytes[4].values())
+    v4 = quality.loc[4]
+    ppl = v4["public_perplexity"]
     assert m == {
         # Quality
-        "Current version": "3",
-        "Public top-1 (server-side), v3": f"{quality.loc[3, 'public_top1']:.1%}",
-        "Federated top-1, v3": "25.0%",  # 3 hits in 12 words, from the masked sum
+        "Current version": "4",
+        "Public top-1 (server-side), v4": f"{v4['public_top1']:.1%}",
+        "Federated top-1, v4": "25.0%",  # 4 hits in 16 words, from the masked sum
+        "Keystroke savings (server-side), v4": f"{v4['public_keystroke_savings']:.1%}",
+        "Perplexity (server-side), v4": "–" if pd.isna(ppl) else f"{ppl:.1f}",
         # Rounds
-        "Rounds done": "2",
+        "Rounds done": "3",
         "Rounds aborted": "1",
         "Running": "0",
         "Dropouts (all rounds)": "5",
+        "Mode (latest round)": "buffered",
         # Bytes
-        "Upload of one device, round 2": f"{top_up / 1000:,.1f} kB",
-        "Mean download per device, round 2": (
-            f"{bytes_.loc[2, 'bytes_down_per_device'] / 1000:,.1f} kB"
+        "Upload of one device, round 4": f"{top_up / 1000:,.1f} kB",
+        "Mean download per device, round 4": (
+            f"{bytes_.loc[4, 'bytes_down_per_device'] / 1000:,.1f} kB"
         ),
         "Dense float32 update, full model": "5.7 MB",
         "Compression vs dense": f"{5_727_800 / top_up:.1f}x",
@@ -82,21 +88,70 @@ def test_every_tab_shows_the_run(monkeypatch, run):
     }
     frames = [d.value for d in at.dataframe]
     rounds = next(f for f in frames if "dropped_masked_input" in f.columns)
-    assert rounds["status"].tolist() == ["done", "done", "aborted"]
-    assert rounds["dropped_masked_input"].tolist() == [0, 1, 0]
+    assert rounds["status"].tolist() == ["done", "done", "aborted", "done"]
+    assert rounds["mode"].tolist() == ["sync", "sync", "sync", "buffered"]
+    assert rounds["dropped_masked_input"].tolist() == [0, 1, 0, 0]
     per_round = next(f for f in frames if "compression_vs_full" in f.columns)
-    assert per_round["bytes_up_total"].tolist()[:2] == [
-        sum(up for up, _ in run.round_bytes[r].values()) for r in (1, 2)
+    assert per_round["bytes_up_total"].tolist() == [
+        sum(up for up, _ in run.round_bytes.get(r, {}).values()) for r in (1, 2, 3, 4)
     ]
+    stale = next(f for f in frames if list(f.columns) == ["round", "client", "staleness", "weight"])
+    assert stale[["round", "client", "staleness"]].values.tolist() == [
+        [4, 0, 1], [4, 1, 0], [4, 2, 0], [4, 3, 0]
+    ]  # fmt: skip
     cloud = next(
         f for f in frames if list(f.columns) == ["device", "requests", "bytes", "updated_at"]
     )
     assert cloud[["device", "requests", "bytes"]].values.tolist() == [["thin", 2, 23]]
     in_use = next(f for f in frames if list(f.columns) == ["model_version", "devices"])
-    assert in_use.values.tolist() == [["not reported", 1], ["2", 1], ["3", 3]]
-    # Privacy: the honest note on what is not stored, and the progress against the budget.
-    assert "What the server saw of one upload is not stored" in _texts(at.markdown)
+    assert in_use.values.tolist() == [["not reported", 1], ["2", 1], ["4", 3]]
+    # Privacy: what the server saw, and the progress against the budget.
+    assert "exactly as the server received it, masked" in _texts(at.markdown)
     assert "Noise multiplier: 2" in _texts(at.markdown)
+
+
+def _charts(at: AppTest) -> list:
+    return [_chart_data(c) for c in at.get("vega_lite_chart")]
+
+
+def _chart_by_y(at: AppTest, field: str):
+    """The data of the (single-layer) chart whose y axis is `field`."""
+    for c in at.get("vega_lite_chart"):
+        spec = json.loads(c.proto.spec)
+        if spec.get("encoding", {}).get("y", {}).get("field") == field:
+            return _chart_data(c)[0]
+    raise AssertionError(f"no chart of {field}")
+
+
+def test_quality_tab_charts_keystroke_savings_and_perplexity(monkeypatch, run):
+    at = _app(monkeypatch, run.url)
+    quality = q.quality(q.connect(run.url))
+    ks = _chart_by_y(at, "public_keystroke_savings")
+    assert ks["version"].tolist() == [1, 2, 3, 4]
+    assert ks["public_keystroke_savings"].tolist() == quality["public_keystroke_savings"].tolist()
+    # Versions whose perplexity is finite (the sample's DP noise may wreck later ones).
+    ppl = _chart_by_y(at, "public_perplexity")
+    finite = quality.dropna(subset=["public_perplexity"])
+    assert 1 in ppl["version"].tolist()
+    assert ppl["version"].tolist() == finite["version"].tolist()
+    assert ppl["public_perplexity"].tolist() == finite["public_perplexity"].tolist()
+
+
+def test_rounds_tab_charts_the_staleness_distribution(monkeypatch, run):
+    at = _app(monkeypatch, run.url)
+    dist = _chart_by_y(at, "updates")
+    assert dist.values.tolist() == [[0, 3], [1, 1]]  # three fresh updates, one a version behind
+
+
+def test_privacy_tab_shows_the_masked_upload_beside_the_unmasked_aggregate(monkeypatch, run):
+    at = _app(monkeypatch, run.url)
+    h = q.upload_histograms(q.connect(run.url))
+    shown = [d[0] for d in _charts(at) if {"what", "bin"} <= set(d[0].columns)]
+    assert [sorted(set(d["what"])) for d in shown] == [["masked upload"], ["unmasked aggregate"]]
+    for d in shown:  # the latest round that has both: round 4
+        want = h[(h["round"] == 4) & (h["what"] == d["what"].iloc[0])]
+        assert d["count"].tolist() == want["count"].tolist() and len(d) == 32
+        assert d["lo"].tolist() == want["lo"].tolist()
 
 
 def _chart_data(chart) -> list:
@@ -113,7 +168,7 @@ def test_quality_chart_has_both_evaluations_and_the_reference_lines(monkeypatch,
     spec = json.loads(chart.proto.spec)
     assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line", "rule"]
     fed = lines[lines["measure"] == "federated top-1"]
-    assert fed[["version", "accuracy"]].values.tolist() == [[2, 0.25], [3, 0.25]]
+    assert fed[["version", "accuracy"]].values.tolist() == [[2, 0.25], [3, 0.25], [4, 0.25]]
     server = lines[lines["measure"] == "server top-1"]
     quality = q.quality(q.connect(run.url))
     assert server["accuracy"].tolist() == quality["public_top1"].tolist()
@@ -133,7 +188,7 @@ def test_auto_refresh_toggle_offers_an_interval(monkeypatch, run):
     at.sidebar.toggle[0].set_value(True).run()
     assert not at.exception
     assert at.sidebar.number_input[0].value == 5
-    assert _metrics(at)["Rounds done"] == "2"  # the body still renders inside the fragment
+    assert _metrics(at)["Rounds done"] == "3"  # the body still renders inside the fragment
 
 
 def test_fresh_database_shows_the_empty_state(monkeypatch, tmp_path):
