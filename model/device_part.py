@@ -42,10 +42,9 @@ def variants() -> list[DevicePart]:
         DevicePart.head_embed(8),
         DevicePart.head_lora_embed(8, 8),
         DevicePart.head_lora_embed(16, 8),
+        DevicePart.head_lora_rows(8, 900),
         DevicePart.head_lora_embed(16, 4),
         DevicePart.head_lora(28),
-        DevicePart.head_lora_rows(8, 900),
-        DevicePart.head_lora_embed(24, 2),
     ]
 
 
