@@ -63,6 +63,8 @@ __all__ = [
     "Population",
     "coordinator_config",
     "federated_users",
+    "format_reports",
+    "running_population",
     "simulate",
 ]
 
@@ -423,11 +425,13 @@ class Population:
 
             return wrapped
 
+        seeds = self.rng.integers(1 << 63, size=len(members))  # drawn here: threads race
+
         def run(i: int, m: _Member) -> None:
             m.transport.round_send = counting(m.transport.round_send)
             try:
                 outcomes[i] = contribute(
-                    m.device, m.transport, np.random.default_rng(self.rng.integers(1 << 63)),
+                    m.device, m.transport, np.random.default_rng(seeds[i]),
                     self.cfg.round_timeout_s, self.cfg.poll_s, stop_after=m.stop_after,
                 )  # fmt: skip
             except BaseException as e:  # reported below; the round itself carries on
@@ -518,3 +522,19 @@ def simulate(cfg: PopulationConfig, data_dir: Path, progress: bool = True) -> li
     """`sotto simulate`: a coordinator and the population in one process, `cfg.rounds` rounds."""
     with running_population(cfg, data_dir, progress=progress) as (pop, _):
         return pop.run(progress=progress)
+
+
+def format_reports(reports: list[RoundReport]) -> str:
+    """A Markdown table of the rounds (what `sotto simulate` prints)."""
+    rows = [
+        "| round | status | version | sampled | joined | dropped (late) | contributors "
+        "| upload B/device | simulated s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        rows.append(
+            f"| {r.round_id} | {r.status} | {r.version or ''} | {r.cohort} | {r.joined} "
+            f"| {r.dropped} ({r.late}) | {r.contributors} | {r.upload_bytes:,.0f} "
+            f"| {r.sim_seconds:.1f} | {r.wall_seconds:.1f} |"
+        )
+    return "\n".join(rows)
