@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # privacy-utility curve of bench/federated includes this level.
 DEMO_NOISE_MULTIPLIER = 1.0
 DEMO_EPSILON_LIMIT = 10.0  # the population pauses once a round would exceed it
+# A small clip keeps the noise small in absolute terms (std z x clip on the sum), so a cohort
+# of ~10 cannot wreck the model your phone installs; it also caps how much a round can move it
+# (bench/federated: at this population size DP at a useful epsilon costs the whole gain).
+DEMO_CLIP_NORM = 0.05
 ROUND_EVERY_S = 45.0  # a round starts this long after the previous one started (or ends)
 
 
@@ -57,7 +61,7 @@ def ensure_model(base: Path) -> None:
 
 
 def demo_population():
-    """The demo's population: 40 phones over HTTP, cohorts of 8, text arriving over 40 rounds."""
+    """The demo's population: 40 phones over HTTP, cohorts of 8, text arriving over 10 rounds."""
     from keyboard.population import PopulationConfig
 
     return dataclasses.replace(
@@ -65,6 +69,8 @@ def demo_population():
         devices=40,
         cohort_size=8,
         rounds=40,
+        typing_rounds=10,  # a tenth of each user's text is there at the start
+        min_new_words=10,
         transport="http",
         poll_s=0.2,
     )
@@ -117,8 +123,12 @@ def run(
         epsilon_limit=DEMO_EPSILON_LIMIT,
     )
     cfg = coordinator_config(
-        pcfg, data_dir / "coordinator", dp=dp, host=host, port=coord_port, eval_targets=500
-    )
+        pcfg, data_dir / "coordinator", dp=dp, host=host, port=coord_port, eval_targets=500,
+        server_momentum=0.0,
+    )  # fmt: skip
+    cfg = dataclasses.replace(cfg, secagg=dataclasses.replace(cfg.secagg, clip_norm=DEMO_CLIP_NORM))
+    for name in ("uvicorn.access", "coordinator.app", "keyboard.device", "keyboard.population"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # the demo prints what matters
     coordinator = Coordinator.open(cfg)
     stop = threading.Event()
     dash = bg = None

@@ -119,6 +119,9 @@ def test_short_simulation_over_http_with_dropouts_makes_an_evaluated_version(tmp
     assert m["public_targets"] == 50 and 0 <= m["public_top1"] <= 1  # evaluated server-side
     assert m["fed_words"] > 0  # federated evaluation counters rode in the masked sum
     assert first.upload_bytes > first.masked_bytes > 0
-    # The dropout made MaskedInput wait for its (simulated) deadline.
-    assert first.sim_seconds == pytest.approx(4 * cfg.speed.latency_s + cfg.masked_deadline_s)
+    # The dropout made MaskedInput wait for its (simulated) deadline; a sampled phone that sat
+    # the round out (too little new text) made AdvertiseKeys wait for its timeout.
+    lat = cfg.speed.latency_s
+    advertise = cfg.stage_timeout_s if first.declined else lat
+    assert first.sim_seconds == pytest.approx(advertise + 3 * lat + cfg.masked_deadline_s)
     assert reports[-1].sim_time == pytest.approx(sum(r.sim_seconds for r in reports))
