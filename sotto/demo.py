@@ -61,7 +61,7 @@ def ensure_model(base: Path) -> None:
 
 
 def demo_population():
-    """The demo's population: 40 phones over HTTP, cohorts of 8, text arriving over 10 rounds."""
+    """The demo's population: 40 phones over HTTP, cohorts of 8, text arriving over 3 rounds."""
     from keyboard.population import PopulationConfig
 
     return dataclasses.replace(
@@ -69,7 +69,8 @@ def demo_population():
         devices=40,
         cohort_size=8,
         rounds=40,
-        typing_rounds=10,  # a tenth of each user's text is there at the start
+        overselect=0.6,  # phones with too little new text sit rounds out
+        typing_rounds=3,  # a third of each user's text is there at the start
         min_new_words=10,
         transport="http",
         poll_s=0.2,
@@ -83,6 +84,8 @@ def _rounds_forever(pop, stop: threading.Event, every_s: float) -> None:
         try:
             r = pop.run_round()
         except Exception:  # keep the demo up; the next round may well work
+            if stop.is_set():  # Ctrl-C: the coordinator went away under the round
+                return
             log.exception("simulated round failed")
         else:
             print(
@@ -147,7 +150,7 @@ def run(
                 )  # fmt: skip
                 bg.start()
                 print(
-                    f"Population:  {pcfg.devices} phones, a round of {asked} every {every_s:.0f} s"
+                    f"Population:  {pcfg.devices} phones, rounds of {asked} every {every_s:.0f} s"
                 )
             if with_dashboard:
                 dash = subprocess.Popen(
@@ -157,10 +160,11 @@ def run(
                     stderr=subprocess.DEVNULL,
                 )
                 print(f"Dashboard:   http://{host}:{dashboard_port}/")
-            print(
-                f"Keyboard:    http://{host}:{port}/  <- open this in a browser; Ctrl-C stops all"
-            )
-            serve.serve(phone_dir, host, port, url)
+            print(f"Keyboard:    http://{host}:{port}/  <- open this in a browser (Ctrl-C: stop)")
+            try:
+                serve.serve(phone_dir, host, port, url)
+            finally:
+                stop.set()  # before the coordinator stops: the round in flight gives up quietly
     finally:
         stop.set()
         if dash is not None:

@@ -52,5 +52,5 @@ def test_population_loop_stops_when_asked_and_survives_a_failed_round():
 def test_demo_population_is_small_and_over_http():
     cfg = demo.demo_population()
     assert (cfg.devices, cfg.cohort_size, cfg.transport) == (40, 8, "http")
-    assert cfg.typing == 10 and demo.ROUND_EVERY_S == 45.0
+    assert cfg.typing == 3 and demo.ROUND_EVERY_S == 45.0
     assert demo.DEMO_NOISE_MULTIPLIER == 1.0 and demo.DEMO_EPSILON_LIMIT == 10.0
