@@ -1,6 +1,7 @@
 """`sotto` command line: parses arguments and calls library code, nothing else."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -67,7 +68,41 @@ def _prompt(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from sotto import demo
 
-    demo.run(Path(args.base), Path(args.data_dir), args.host, args.port, args.coordinator_port)
+    demo.run(
+        Path(args.base),
+        Path(args.data_dir),
+        args.host,
+        args.port,
+        args.coordinator_port,
+        args.dashboard_port,
+        with_population=not args.no_population,
+        with_dashboard=not args.no_dashboard,
+        every_s=args.round_every,
+    )
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from keyboard import population
+    from keyboard.sim_clock import SpeedProfile
+
+    base = population.PopulationConfig.tiny() if args.preset == "tiny" else None
+    base = base or population.PopulationConfig.default()
+    drop = dict(base.dropout)
+    for item in args.dropout or []:
+        stage, _, p = item.partition("=")
+        drop[stage] = float(p)
+    cfg = dataclasses.replace(
+        base,
+        devices=args.devices or base.devices,
+        cohort_size=args.cohort or base.cohort_size,
+        rounds=base.rounds if args.rounds is None else args.rounds,
+        transport=args.transport,
+        speed=SpeedProfile(args.stragglers, args.slowdown),
+        dropout=drop,
+        seed=args.seed,
+    )
+    reports = population.simulate(cfg, Path(args.data_dir), progress=True)
+    print(population.format_reports(reports))
 
 
 def _coordinator(args: argparse.Namespace) -> None:
@@ -160,7 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8600, help="the keyboard's port")
     s.add_argument("--coordinator-port", type=int, default=8470)
+    s.add_argument("--dashboard-port", type=int, default=8501)
+    s.add_argument("--round-every", type=float, default=45.0, help="seconds between rounds")
+    s.add_argument("--no-population", action="store_true", help="no simulated phones")
+    s.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     s.set_defaults(func=_demo)
+
+    s = sub.add_parser(
+        "simulate", help="a simulated population (real device code) in federated rounds"
+    )
+    s.add_argument("--preset", choices=presets, default="default", help="sizes and data")
+    s.add_argument("--devices", type=int, default=None, help="phones (one federated user each)")
+    s.add_argument("--cohort", type=int, default=None, help="devices a round asks for")
+    s.add_argument("--rounds", type=int, default=None)
+    s.add_argument("--transport", choices=["http", "inprocess"], default="http")
+    s.add_argument("--stragglers", type=float, default=0.1, help="share of slow devices")
+    s.add_argument("--slowdown", type=float, default=10.0, help="how much slower they train")
+    s.add_argument(
+        "--dropout", action="append", metavar="STAGE=P",
+        help="dropout probability at a stage (advertise, share_keys, masked_input, ...)",
+    )  # fmt: skip
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--data-dir", default=str(paths.RUNS / "simulate"), help="coordinator + phones' stores"
+    )
+    s.set_defaults(func=_simulate)
 
     s = sub.add_parser("coordinator", help="run the coordinator service (HTTP API + database)")
     s.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
