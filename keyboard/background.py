@@ -62,6 +62,7 @@ class Background:
         self.max_backoff_s = max_backoff_s
         self.connection = Connection(state="none" if transport is None else "unknown")
         self._next_check = 0.0
+        self._reported: int | None = None  # version last reported ready (buffered rounds)
 
     def status(self) -> dict:
         """For the UI: connection state and whether an update waits to be contributed."""
@@ -109,6 +110,8 @@ class Background:
             return did
         if pending is None or not d.idle_and_charging:
             return did
+        if pending and self._reported != pending:  # version 0 is the shipped model
+            did += self._report_ready(pending)
         task = t.round_task()
         self._online()
         if task["round_id"] is None or task["stage"] != "advertise":
@@ -117,9 +120,24 @@ class Background:
         self.connection.last_round = asdict(outcome)
         if outcome.status == "done":
             d.set_pending_contribution(None)
+            self._reported = None
         log.info("round %s: %s (%s)", outcome.round_id, outcome.status, outcome.reason or "ok")
         did.append(f"round {outcome.status}")
         return did
+
+    def _report_ready(self, version: int) -> list[str]:
+        """Buffered rounds (FedBuff): say which version the waiting update was trained from.
+        A synchronous coordinator answers 409 and samples its cohort itself; that is fine."""
+        assert self.transport is not None
+        try:
+            contribute.report_ready(self.transport, version)
+        except TransportError as e:
+            if e.status != 409:
+                raise
+            self._reported = version  # sync mode, or already waiting: nothing more to say
+            return []
+        self._reported = version
+        return ["ready"]
 
     def _online(self) -> None:
         c = self.connection

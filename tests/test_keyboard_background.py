@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -157,3 +158,43 @@ def test_the_ui_sees_the_connection_and_switches_idle_and_charging(tmp_path, voc
         assert s["pending_contribution"] == 0 and s["connection"]["pending_contribution"] == 0
         assert c.post("/api/idle", json={"idle_and_charging": "maybe"}).status_code == 422
     tr.close()
+
+
+def test_buffered_coordinator_phones_report_ready_and_the_round_forms_from_them(tmp_path, vocab):
+    n = 3
+    cfg = testing.fresh_config(
+        tmp_path / "server", round_mode="buffered", round_buffer_size=n, round_cohort_size=n,
+        rate_per_second=1e4, rate_burst=10_000,
+    )  # fmt: skip
+    with testing.live_server(cfg) as (url, coord):
+        phones, workers = [], []
+        for i in range(n):
+            dev = Device.open(DeviceConfig(tmp_path / f"phone{i}", min_new_words=10), vocab)
+            tr = Transport(dev, url, timeout=10)
+            tr.enrol(f"phone{i}")
+            assert tr.update() and dev.version == 1
+            _type(dev, i)
+            phones.append((dev, tr))
+            workers.append(Background(dev, tr, np.random.default_rng(i), round_timeout_s=60))
+        done = [[] for _ in range(n)]
+
+        def work(i):  # the worker's loop: tick until it has taken part in a round
+            for _ in range(60):
+                done[i] += workers[i].tick()
+                if done[i][-1:] and done[i][-1].startswith("round"):
+                    return
+                time.sleep(0.5)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        # Each phone trained and said it was ready; the last report opened the round.
+        assert all(d[:2] == ["trained", "ready"] for d in done), done
+        assert all(d[-1] == "round done" for d in done), done
+        assert coord.registry.current().id == 2
+        for dev, tr in phones:
+            assert dev.version == 2 and dev.pending_contribution is None
+            assert "checkin" in [e.kind for e in dev.log.entries()]
+            tr.close()
