@@ -1,10 +1,11 @@
 """An in-process `Transport`: the same device code, with the coordinator called directly.
 
 For simulating large populations without sockets: `InProcessTransport` is a
-`keyboard.transport.Transport` whose `request` builds the very HTTP request the device would
-send (so the privacy log records the same bytes), hands it to the coordinator's library
-functions (`coordinator.devices`, `coordinator.registry`, `coordinator.rounds`) instead of the
-FastAPI app, and wraps the answer in an `httpx.Response`. Everything above `request` —
+`keyboard.transport.Transport` that replaces only `_send`: `Transport.request` builds, signs
+and logs the very HTTP request the device would send (so the privacy log records the same
+bytes), and `_send` hands it to the coordinator's library functions (`coordinator.devices`,
+`coordinator.registry`, `coordinator.rounds`) instead of the FastAPI app, wrapping the answer
+in an `httpx.Response`. Everything above `_send` —
 enrolment, check-in, downloads, and the secagg client in `keyboard.contribute` — is unchanged.
 Coordinator errors map onto the status codes the HTTP app gives them (409, 400, 404). The
 server's traffic accounting and rate limits are HTTP middleware, so they do not apply here.
@@ -15,14 +16,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from coordinator import devices, rounds
 from coordinator.errors import Conflict, CoordinatorError, Invalid, NotFound
 from keyboard.device import Device
-from keyboard.transport import Transport, TransportError
+from keyboard.transport import Transport
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -45,32 +46,16 @@ class InProcessTransport(Transport):
         self.http = httpx.Client(base_url="http://coordinator.local")  # builds requests only
         super().__init__(device, "http://coordinator.local", client=self.http)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        kind: str,
-        contents: str,
-        log_path: str | None = None,
-        ok: tuple[int, ...] = (),
-        **kw: Any,
-    ) -> httpx.Response:
-        headers = dict(kw.pop("headers", {}))
-        if self.credentials and self.credentials.token:
-            headers["Authorization"] = f"Bearer {self.credentials.token}"
-        req = self.http.build_request(method, path, headers=headers, **kw)
+    def _send(self, req: httpx.Request) -> httpx.Response:
+        """The coordinator's answer to `req`, computed by calling it directly; the request is
+        built, authorised and logged by `Transport.request` exactly as over HTTP."""
+        method, path = req.method, req.url.path
         try:
-            status, body, media = self._handle(method, path, req, kw.get("params") or {})
+            status, body, media = self._handle(method, path, req, dict(req.url.params))
         except CoordinatorError as e:
             status, media = _STATUS.get(type(e), 400), "application/json"
             body = json.dumps({"error": e.code, "detail": str(e)}).encode()
-        resp = httpx.Response(status, content=body, headers={"content-type": media}, request=req)
-        self.device.log.record(
-            method, log_path or path, kind, len(req.content), len(resp.content), contents
-        )
-        if resp.status_code >= 400 and resp.status_code not in ok:
-            raise TransportError(resp.status_code, resp.text)
-        return resp
+        return httpx.Response(status, content=body, headers={"content-type": media}, request=req)
 
     # -- the coordinator's handlers, without HTTP -------------------------------------------
     def _device_id(self) -> str:

@@ -88,13 +88,17 @@ class Transport:
         if self.credentials and self.credentials.token:
             headers["Authorization"] = f"Bearer {self.credentials.token}"
         req = self.http.build_request(method, path, headers=headers, **kw)
-        resp = self.http.send(req)
+        resp = self._send(req)
         self.device.log.record(
             method, log_path or path, kind, len(req.content), len(resp.content), contents
         )
         if resp.status_code >= 400 and resp.status_code not in ok:
             raise TransportError(resp.status_code, resp.text)
         return resp
+
+    def _send(self, req: httpx.Request) -> httpx.Response:
+        """Deliver one built request (over HTTP here; the simulator delivers in-process)."""
+        return self.http.send(req)
 
     # -- enrolment, check-in, downloads ---------------------------------------------------
     def enrol(self, device_id: str, mode: str = "on_device") -> Credentials:
