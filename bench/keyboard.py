@@ -23,10 +23,8 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +35,14 @@ _ROOT = _HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
 
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from browser import asked, chromium, free_port, wait_for_suggestions  # noqa: E402
+from browser import (  # noqa: E402
+    asked,
+    chromium,
+    free_port,
+    process_server,
+    wait_for_suggestions,
+)
 from playwright.sync_api import Page  # noqa: E402
 
 from coordinator.config import CoordinatorConfig  # noqa: E402
@@ -77,23 +80,9 @@ def keyboard_process(data_dir: Path, coordinator_url: str) -> Iterator[str]:
     # This checkout's code first (the page's timing hook lives in it).
     path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sotto keyboard exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/api/stats", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("sotto keyboard did not answer")
-            time.sleep(0.2)
+    with process_server("sotto keyboard", argv, env, f"{url}/api/stats", stderr=None):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def set_mode(page: Page, mode: str) -> None:

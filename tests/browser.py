@@ -25,6 +25,7 @@ __all__ = [
     "chromium",
     "serve_app",
     "free_port",
+    "process_server",
     "dashboard_server",
     "wait_for_suggestions",
     "asked",
@@ -88,30 +89,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def dashboard_server(database_url: str, start_timeout: float = 60) -> Iterator[str]:
-    """`sotto dashboard`'s own command (Streamlit, headless) on a free loopback port."""
-    from dashboard import launch
-
-    port = free_port()
-    proc = subprocess.Popen(
-        launch.command("127.0.0.1", port),
-        env=launch.environment(database_url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+def process_server(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    health_url: str,
+    start_timeout: float = 60,
+    stderr: int | None = subprocess.DEVNULL,
+) -> Iterator[subprocess.Popen]:
+    """A server (`name`, for errors) in a child process, yielded once `health_url` answers
+    200; terminated (killed if it lingers) on exit."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                if httpx.get(health_url, timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not answer")
+                raise RuntimeError(f"{name} did not answer at {health_url}")
             time.sleep(0.2)
-        yield url
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -119,6 +119,19 @@ def dashboard_server(database_url: str, start_timeout: float = 60) -> Iterator[s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def dashboard_server(database_url: str, start_timeout: float = 60) -> Iterator[str]:
+    """`sotto dashboard`'s own command (Streamlit, headless) on a free loopback port."""
+    from dashboard import launch
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = launch.command("127.0.0.1", port)
+    env = launch.environment(database_url)
+    with process_server("streamlit", argv, env, f"{url}/_stcore/health", start_timeout):
+        yield url
 
 
 def wait_for_suggestions(page: Page, after_seq: int, timeout_ms: float = 10_000) -> list[str]:

@@ -1,11 +1,8 @@
 """`sotto dashboard`: the command it runs, and a real headless Streamlit server answering."""
 
-import socket
-import subprocess
-import time
-
 import httpx
 import pytest
+from browser import dashboard_server
 
 from coordinator import db
 from dashboard import launch
@@ -42,35 +39,8 @@ def test_cli_defaults_and_exit_code(monkeypatch):
     assert env[q.ENV_URL] == "sqlite:////tmp/from-env.sqlite3"  # the env var passes through
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_launched_server_answers_on_loopback(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.sqlite3'}"
     db.Database(url).close()
-    port = _free_port()
-    proc = subprocess.Popen(
-        launch.command("127.0.0.1", port),
-        env=launch.environment(url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "streamlit exited"
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "streamlit did not answer"
-            time.sleep(0.2)
-        assert r.text == "ok"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with dashboard_server(url, start_timeout=30) as served:  # `sotto dashboard`'s own command
+        assert httpx.get(f"{served}/_stcore/health", timeout=5).text == "ok"

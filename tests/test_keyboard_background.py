@@ -1,11 +1,11 @@
 """The phone's background worker: learns when idle, waits offline, contributes when back."""
 
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from browser import free_port
 
 from coordinator import rounds, testing
 from keyboard.background import Background
@@ -28,12 +28,6 @@ def vocab():
     return build_vocabulary(10_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _type(dev: Device, i: int) -> None:
     for j in range(5):
         dev.commit(TEXTS[(i + j) % len(TEXTS)] + f" {['now', 'soon', 'ok'][i % 3]}")
@@ -51,7 +45,7 @@ def test_offline_phone_learns_keeps_the_update_waiting_and_backs_off(tmp_path, v
     cfg = DeviceConfig(tmp_path / "phone", min_new_words=10)
     dev = Device.open(cfg, vocab)
     clock = Clock()
-    tr = Transport(dev, f"http://127.0.0.1:{_free_port()}", timeout=2)  # nobody listens
+    tr = Transport(dev, f"http://127.0.0.1:{free_port()}", timeout=2)  # nobody listens
     bg = Background(dev, tr, np.random.default_rng(0), clock=clock)
     _type(dev, 0)
     assert bg.tick() == ["trained", "offline"]
@@ -87,7 +81,7 @@ def test_no_learning_when_busy_or_in_cloud_mode(tmp_path, vocab):
 def test_contributions_wait_for_the_coordinator_and_resume_when_it_is_back(tmp_path, vocab):
     n = 3
     cfg = testing.fresh_config(
-        tmp_path / "server", port=_free_port(), round_cohort_size=n, round_overselect=0,
+        tmp_path / "server", port=free_port(), round_cohort_size=n, round_overselect=0,
         rate_per_second=1e4, rate_burst=10_000,
     )  # fmt: skip
     url = f"http://127.0.0.1:{cfg.port}"
@@ -140,7 +134,7 @@ def test_the_ui_sees_the_connection_and_switches_idle_and_charging(tmp_path, voc
     from keyboard.web import create_app
 
     dev = Device.open(DeviceConfig(tmp_path / "phone", min_new_words=10), vocab)
-    tr = Transport(dev, f"http://127.0.0.1:{_free_port()}", timeout=2)
+    tr = Transport(dev, f"http://127.0.0.1:{free_port()}", timeout=2)
     bg = Background(dev, tr, np.random.default_rng(0))
     with TestClient(create_app(dev, connection=bg.status)) as c:
         assert c.get("/api/stats").json()["connection"]["state"] == "unknown"
