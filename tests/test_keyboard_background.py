@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 from browser import free_port
+from phones import type_habits
 
 from coordinator import rounds, testing
 from keyboard.background import Background
@@ -13,24 +14,10 @@ from keyboard.device import Device, DeviceConfig
 from keyboard.transport import Transport
 from model.vocab import build_vocabulary
 
-TEXTS = [
-    "see you at the station tonight",
-    "meet me at the old bridge",
-    "i am waiting near the park gate",
-    "wait for me at the coffee shop",
-    "we can meet by the river later",
-    "call me when you get home",
-]
-
 
 @pytest.fixture(scope="module")
 def vocab():
     return build_vocabulary(10_000)
-
-
-def _type(dev: Device, i: int) -> None:
-    for j in range(5):
-        dev.commit(TEXTS[(i + j) % len(TEXTS)] + f" {['now', 'soon', 'ok'][i % 3]}")
 
 
 class Clock:
@@ -47,7 +34,7 @@ def test_offline_phone_learns_keeps_the_update_waiting_and_backs_off(tmp_path, v
     clock = Clock()
     tr = Transport(dev, f"http://127.0.0.1:{free_port()}", timeout=2)  # nobody listens
     bg = Background(dev, tr, np.random.default_rng(0), clock=clock)
-    _type(dev, 0)
+    type_habits(dev, 0)
     assert bg.tick() == ["trained", "offline"]
     st = bg.status()
     assert st["state"] == "offline" and "unreachable" in st["last_error"]
@@ -66,7 +53,7 @@ def test_offline_phone_learns_keeps_the_update_waiting_and_backs_off(tmp_path, v
 def test_no_learning_when_busy_or_in_cloud_mode(tmp_path, vocab):
     dev = Device.open(DeviceConfig(tmp_path / "phone", min_new_words=10), vocab)
     bg = Background(dev, None, np.random.default_rng(0))
-    _type(dev, 1)
+    type_habits(dev, 1)
     dev.set_idle_and_charging(False)
     assert bg.tick() == [] and dev.pending_contribution is None
     dev.set_idle_and_charging(True)
@@ -95,7 +82,7 @@ def test_contributions_wait_for_the_coordinator_and_resume_when_it_is_back(tmp_p
     # The coordinator is down: the phones learn, find it unreachable, and keep the update.
     workers = []
     for i, (dev, tr) in enumerate(phones):
-        _type(dev, i)
+        type_habits(dev, i)
         bg = Background(dev, tr, np.random.default_rng(i), round_timeout_s=60)
         assert bg.tick() == ["trained", "offline"] and dev.pending_contribution == 0
         bg.connection.retry_at = 0.0  # skip the backoff: the coordinator is back at once
@@ -139,7 +126,7 @@ def test_the_ui_sees_the_connection_and_switches_idle_and_charging(tmp_path, voc
     with TestClient(create_app(dev, connection=bg.status)) as c:
         assert c.get("/api/stats").json()["connection"]["state"] == "unknown"
         for i in range(2):
-            _type(dev, i)
+            type_habits(dev, i)
         assert c.post("/api/idle", json={"idle_and_charging": False}).json()[
             "idle_and_charging"
         ] is False  # fmt: skip
@@ -167,7 +154,7 @@ def test_buffered_coordinator_phones_report_ready_and_the_round_forms_from_them(
             tr = Transport(dev, url, timeout=10)
             tr.enrol(f"phone{i}")
             assert tr.update() and dev.version == 1
-            _type(dev, i)
+            type_habits(dev, i)
             phones.append((dev, tr))
             workers.append(Background(dev, tr, np.random.default_rng(i), round_timeout_s=60))
         done = [[] for _ in range(n)]

@@ -10,6 +10,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from phones import type_habits
 
 from coordinator import admin, buffered, db, devices, rounds, scheduler, server_opt, testing
 from coordinator.app import create_app
@@ -22,14 +23,6 @@ from model.vocab import build_vocabulary
 from secagg import client, crypto, encoding
 from secagg.params import RoundParams
 
-TEXTS = [
-    "see you at the station tonight",
-    "meet me at the old bridge",
-    "i am waiting near the park gate",
-    "wait for me at the coffee shop",
-    "we can meet by the river later",
-    "call me when you get home",
-]
 BUFFERED = {
     "round_mode": "buffered",
     "round_buffer_size": 3,
@@ -46,8 +39,7 @@ def vocab():
 
 
 def _train(dev, i, round_no):
-    for j in range(5):  # different habits per phone and round
-        dev.commit(TEXTS[(i + j + round_no) % len(TEXTS)] + f" {['now', 'soon', 'ok'][i % 3]}")
+    type_habits(dev, i, offset=round_no)  # different habits per phone and round
     assert dev.train_if_eligible(True, np.random.default_rng(10 * round_no + i)) is not None
 
 

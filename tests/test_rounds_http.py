@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from phones import type_habits
 
 from coordinator import db, devices, rounds, server_opt, testing, traffic
 from coordinator.app import create_app
@@ -20,14 +21,6 @@ from secagg import client, crypto, encoding
 from secagg.params import RoundParams
 
 N = 5
-TEXTS = [
-    "see you at the station tonight",
-    "meet me at the old bridge",
-    "i am waiting near the park gate",
-    "wait for me at the coffee shop",
-    "we can meet by the river later",
-    "call me when you get home",
-]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +69,7 @@ def _phone(tmp_path, url, vocab, i):
     tr = Transport(dev, url)
     tr.enrol(f"phone{i}")
     assert tr.update() and dev.version == 1  # the coordinator's version 1 replaces the shipped
-    for j in range(5):  # different habits per phone; every 5th message is held back
-        dev.commit(TEXTS[(i + j) % len(TEXTS)] + f" {['now', 'soon', 'ok'][i % 3]}")
+    type_habits(dev, i)  # different habits per phone; every 5th message is held back
     assert dev.train_if_eligible(True, np.random.default_rng(i)) is not None
     return dev, tr
 
