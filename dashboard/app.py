@@ -38,6 +38,18 @@ def _bytes(n) -> str:
     return str(n)
 
 
+def _per_version(where, df, column: str, title: str, axis: alt.Axis | None = None) -> None:
+    """One server-side metric per global version, as a line (nothing if never measured)."""
+    measured = df.dropna(subset=[column])
+    if measured.empty:
+        return
+    y = alt.Y(f"{column}:Q", title=title, **({"axis": axis} if axis else {}))
+    chart = alt.Chart(measured).mark_line(point=True)
+    where.altair_chart(
+        chart.encode(x=alt.X("version:O", title="global version"), y=y), width="stretch"
+    )
+
+
 def _quality(engine) -> None:
     df = q.quality(engine)
     if df.empty:
@@ -106,29 +118,9 @@ def _quality(engine) -> None:
         "users (bench/results/quality.json)."
     )
     left, right = st.columns(2)
-    ks_df = df.dropna(subset=["public_keystroke_savings"])
-    if not ks_df.empty:
-        left.altair_chart(
-            alt.Chart(ks_df)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("version:O", title="global version"),
-                y=alt.Y("public_keystroke_savings:Q", axis=alt.Axis(format="%"),
-                        title="keystroke savings (server-side)"),
-            ),
-            width="stretch",
-        )  # fmt: skip
-    ppl_df = df.dropna(subset=["public_perplexity"])
-    if not ppl_df.empty:
-        right.altair_chart(
-            alt.Chart(ppl_df)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("version:O", title="global version"),
-                y=alt.Y("public_perplexity:Q", title="perplexity (server-side, lower is better)"),
-            ),
-            width="stretch",
-        )
+    ks_axis = alt.Axis(format="%")
+    _per_version(left, df, "public_keystroke_savings", "keystroke savings (server-side)", ks_axis)
+    _per_version(right, df, "public_perplexity", "perplexity (server-side, lower is better)")
     st.dataframe(df, hide_index=True)
 
 
