@@ -110,6 +110,7 @@ def register_result(
         cfg.server_learning_rate,
         cfg.server_momentum,
         cfg.data_dir / "server_optimizer.npz",
+        cfg.server_optimizer,
     )
     hits1, hits3, words = (list(result.counters) + [0, 0, 0])[:3]
     metrics = {

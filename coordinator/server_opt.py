@@ -2,9 +2,10 @@
 
 A device part is a dict of named float32 arrays; on the wire it is one flat vector, the arrays
 concatenated in sorted-name order (`flatten` / `unflatten`, shared with the device). The server
-optimiser is optax SGD with momentum over that vector, fed the negated average delta as the
-"gradient" (Reddi et al. 2021, "Adaptive Federated Optimization"); its momentum trace persists
-between rounds in an `.npz` next to the database (numbers only, read without pickle).
+optimiser is optax SGD (with momentum: FedAvgM) or Adam (FedAdam) over that vector, fed the
+negated average delta as the "gradient" (Reddi et al. 2021, "Adaptive Federated
+Optimization"); its state persists between rounds in an `.npz` next to the database (numbers
+only, read without pickle).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from model.checkpoint import atomic_write_bytes
 
-__all__ = ["flatten", "unflatten", "dimension", "apply_update"]
+__all__ = ["flatten", "unflatten", "dimension", "make", "apply_update"]
 
 
 def flatten(part: dict[str, np.ndarray]) -> np.ndarray:
@@ -40,12 +41,36 @@ def unflatten(vec: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
-def _load_trace(path: Path, dim: int) -> np.ndarray | None:
+def make(kind: str, learning_rate: float, momentum: float):
+    """The optax optimiser the server runs on the negated average delta: "sgd" is FedAvg
+    (momentum 0) or FedAvgM (Hsu et al. 2019), "adam" is FedAdam (Reddi et al. 2021)."""
+    import optax
+
+    if kind == "sgd":
+        return optax.sgd(learning_rate, momentum=momentum or None)
+    if kind == "adam":
+        # eps 1e-3, Reddi et al.'s choice for FedAdam: steps on coordinates no device moved
+        # stay small instead of being blown up to the full rate.
+        return optax.adam(learning_rate, eps=1e-3)
+    raise ValueError(f"server optimiser must be 'sgd' or 'adam', got {kind!r}")
+
+
+def _load_state(path: Path, kind: str, template):
+    """The saved optimiser state if it matches `template` (same optimiser and model shape)."""
+    import jax
+    import jax.numpy as jnp
+
     if not path.exists():
-        return None
+        return template
     with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-        trace = z["trace"]
-    return trace if trace.shape == (dim,) else None  # a new model shape restarts momentum
+        saved = {k: z[k] for k in z.files}
+    leaves, tree = jax.tree.flatten(template)
+    if str(saved.get("kind", "")) != kind or len(saved) - 1 != len(leaves):
+        return template  # another optimiser, or an old file: start fresh
+    new = [saved[f"leaf{i}"] for i in range(len(leaves))]
+    if any(a.shape != np.shape(b) for a, b in zip(new, leaves, strict=True)):
+        return template  # a new model shape restarts the optimiser
+    return jax.tree.unflatten(tree, [jnp.asarray(a) for a in new])
 
 
 def apply_update(
@@ -54,27 +79,25 @@ def apply_update(
     learning_rate: float,
     momentum: float,
     state_path: Path,
+    kind: str = "sgd",
 ) -> np.ndarray:
-    """One optax SGD(+momentum) step from `global_vec` along `average_delta`; the momentum
-    trace is read from and written back to `state_path`."""
-    import jax.numpy as jnp  # deferred: jax is slow to import and only rounds need it
+    """One server optimiser step from `global_vec` along `average_delta`; the optimiser's
+    state (momentum trace, or Adam's moments and count) is read from and written back to
+    `state_path`."""
+    import jax  # deferred: jax is slow to import and only rounds need it
+    import jax.numpy as jnp
     import optax
 
-    opt = optax.sgd(learning_rate, momentum=momentum or None)
+    opt = make(kind, learning_rate, momentum)
     params = jnp.asarray(global_vec, jnp.float32)
-    state = opt.init(params)
-    trace = _load_trace(state_path, global_vec.size) if momentum else None
-    if trace is not None:
-        state = tuple(
-            s._replace(trace=jnp.asarray(trace)) if isinstance(s, optax.TraceState) else s
-            for s in state
-        )
+    state = _load_state(state_path, kind, opt.init(params))
     grad = -jnp.asarray(average_delta, jnp.float32)  # descend on minus the average delta
     updates, state = opt.update(grad, state, params)
     new = np.asarray(optax.apply_updates(params, updates), np.float32)
-    if momentum:
-        traces = [s.trace for s in state if isinstance(s, optax.TraceState)]
+    leaves = jax.tree.leaves(state)
+    if leaves:
         buf = io.BytesIO()
-        np.savez(buf, trace=np.asarray(traces[0], np.float32))
+        arrays = {f"leaf{i}": np.asarray(a) for i, a in enumerate(leaves)}
+        np.savez(buf, kind=np.asarray(kind), **arrays)
         atomic_write_bytes(state_path, buf.getvalue())
     return new

@@ -101,13 +101,20 @@ class PopulationConfig:
             "unmasking": 0.0,
         }
     )
+    # "sync": the coordinator samples a cohort per round and waits for it; "buffered"
+    # (FedBuff): `concurrency` devices train at once (None: as many as a sync round asks)
+    # and a round opens as soon as `buffer_size` are ready (keyboard.sim_buffered).
+    round_mode: Literal["sync", "buffered"] = "sync"
+    buffer_size: int = 10
+    concurrency: int | None = None
     # Simulated seconds a synchronous round waits for masked inputs, and for other stages.
     masked_deadline_s: float = 4.0
     stage_timeout_s: float = 10.0
     typing_rounds: int | None = None  # text arrives over this many rounds (None: `rounds`)
     min_new_words: int = 20  # new words a device needs before it trains and joins a round
     local_epochs: int = 1
-    lr: float = 1e-2  # device Adam learning rate (the tuned rate of design.md)
+    optimizer: str = "sgd"  # the phones' optimiser (keyboard.device.DeviceConfig)
+    lr: float = 0.5  # the phones' constant rate (bench/client_optimizer)
     data_preset: str = "default"
     seed: int = 0
     poll_s: float = 0.05  # devices poll the coordinator this often (real seconds)
@@ -118,9 +125,18 @@ class PopulationConfig:
             raise ValueError("devices and cohort_size must be >= 2, rounds >= 0")
         if self.transport not in ("http", "inprocess"):
             raise ValueError(f"transport must be 'http' or 'inprocess', got {self.transport!r}")
+        if self.round_mode not in ("sync", "buffered"):
+            raise ValueError(f"round_mode must be 'sync' or 'buffered', got {self.round_mode!r}")
+        if self.round_mode == "buffered" and not 2 <= self.buffer_size <= self.cohort_size:
+            raise ValueError(f"buffer_size must be in [2, cohort_size], got {self.buffer_size}")
         bad = set(self.dropout) - set(ALL_STAGES)
         if bad or not all(0 <= p < 1 for p in self.dropout.values()):
             raise ValueError(f"dropout: stages {ALL_STAGES} with probabilities in [0, 1)")
+
+    @property
+    def in_flight(self) -> int:
+        """Buffered mode: devices training at once."""
+        return self.concurrency or math.ceil(self.cohort_size * (1 + self.overselect))
 
     @property
     def typing(self) -> int:
@@ -193,6 +209,8 @@ def coordinator_config(
         eval_targets=50 if cfg.data_preset == "tiny" else 2_000,
         round_cohort_size=cfg.cohort_size,
         round_overselect=cfg.overselect,
+        round_mode=cfg.round_mode,
+        round_buffer_size=cfg.buffer_size,
         # Real timeouts only for devices the simulator does not drive (e.g. the demo's phone).
         round_stage_timeout_s=60.0,
         round_masked_input_timeout_s=120.0,
@@ -284,6 +302,7 @@ class Population:
                 self.dir / "devices" / sim.name,
                 min_new_words=self.cfg.min_new_words,
                 local_epochs=self.cfg.local_epochs,
+                optimizer=self.cfg.optimizer,
                 lr=self.cfg.lr,
             ),
             self.vocab,
@@ -476,11 +495,16 @@ class Population:
         """Run rounds one after another; `on_round` sees each report as it lands."""
         from tqdm import tqdm
 
+        step = self.run_round
+        if self.cfg.round_mode == "buffered":
+            from keyboard.sim_buffered import BufferedSimulation
+
+            step = BufferedSimulation(self, self.cfg.in_flight).run_round
         reports = []
         n = self.cfg.rounds if n_rounds is None else n_rounds
         bar = tqdm(range(n), desc="rounds", disable=not progress, unit="round")
         for _ in bar:
-            r = self.run_round()
+            r = step()
             reports.append(r)
             bar.set_postfix(
                 status=r.status, version=r.version, contributors=r.contributors,

@@ -16,7 +16,11 @@ from model import metrics, suggest, text
 from model.checkpoint import atomic_write_bytes
 from model.vocab import BOS, PAD, Vocabulary
 
-__all__ = ["ModelFileError", "DeviceModel", "load_interpreter"]
+__all__ = ["ModelFileError", "DeviceModel", "load_interpreter", "OPTIMIZERS"]
+
+# What the `train` signature can step with: Adam (personalisation) or plain SGD (federated
+# rounds' client optimiser, see model/export.py).
+OPTIMIZERS = ("adam", "sgd")
 
 
 class ModelFileError(ValueError):
@@ -137,8 +141,13 @@ class DeviceModel:
         packed = batching.pack(toks, T)
         return [(b.inputs, b.targets) for b in batching.batches(packed, B)]
 
-    def train_step(self, tokens: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        """One Adam step on the device part; returns the batch loss."""
+    def train_step(
+        self, tokens: np.ndarray, targets: np.ndarray, lr: float, optimizer: str = "adam"
+    ) -> float:
+        """One step on the device part ("adam", or plain "sgd" for federated rounds); returns
+        the batch loss."""
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if self._train is None:
             raise ModelFileError("this model file has no 'train' signature")
         if tokens.shape != self.train_shape or targets.shape != self.train_shape:
@@ -147,6 +156,7 @@ class DeviceModel:
             **self.device,
             **self.opt_state,
             lr=np.float32(lr),
+            adam=np.float32(optimizer == "adam"),
             tokens=tokens.astype(np.int32),
             targets=targets.astype(np.int32),
         )

@@ -4,8 +4,8 @@ For simulating large populations without sockets: `InProcessTransport` is a
 `keyboard.transport.Transport` that replaces only `_send`: `Transport.request` builds, signs
 and logs the very HTTP request the device would send (so the privacy log records the same
 bytes), and `_send` hands it to the coordinator's library functions (`coordinator.devices`,
-`coordinator.registry`, `coordinator.rounds`) instead of the FastAPI app, wrapping the answer
-in an `httpx.Response`. Everything above `_send` —
+`coordinator.registry`, `coordinator.rounds`, `coordinator.buffered`) instead of the FastAPI
+app, wrapping the answer in an `httpx.Response`. Everything above `_send` —
 enrolment, check-in, downloads, and the secagg client in `keyboard.contribute` — is unchanged.
 Coordinator errors map onto the status codes the HTTP app gives them (409, 400, 404). The
 server's traffic accounting and rate limits are HTTP middleware, so they do not apply here.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from coordinator import devices, rounds
+from coordinator import buffered, devices, rounds
 from coordinator.errors import Conflict, CoordinatorError, Invalid, NotFound
 from keyboard.device import Device
 from keyboard.transport import Transport
@@ -118,7 +118,14 @@ class InProcessTransport(Transport):
                 "identities": {str(k): x.hex() for k, x in v.identities.items()},
                 "pending": v.pending,
                 "model_version": v.model_version,
+                "mode": v.mode,
+                "trained_from": v.trained_from,
+                "staleness": v.staleness,
+                "weight": v.weight,
             }
+            return 200, json.dumps(out).encode(), js
+        if method == "POST" and path == "/v1/rounds/ready":
+            out = buffered.ready(c, dev, int(json.loads(req.content)["version"]))
             return 200, json.dumps(out).encode(), js
         if method == "GET" and (m := _ROUND.match(path)):
             rounds.tick(c)

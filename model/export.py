@@ -7,9 +7,13 @@ TFLite flatbuffer; then dynamic-range int8 for the frozen base with ai-edge-quan
   after the context, restricted to `allowed_V` (1 = may be suggested), so one call serves
   next-word prediction (all words) and completion of a partial word (words with its prefix).
   Scores are log-probabilities under the full (unrestricted) distribution.
-- `train(device part..., adam mu..., adam nu..., count, lr, tokens_BxT, targets_BxT) ->
-  (new device part..., new mu..., new nu..., new count, loss)`: one Adam step on the device
-  part, base frozen and baked in. Stateless: the runtime keeps the arrays.
+- `train(device part..., adam mu..., adam nu..., count, lr, adam, tokens_BxT, targets_BxT) ->
+  (new device part..., new mu..., new nu..., new count, loss)`: one step on the device part,
+  base frozen and baked in: Adam when the scalar `adam` is 1, plain SGD when it is 0 (the
+  moments are updated either way). Stateless: the runtime keeps the arrays. Federated rounds
+  use SGD: a fresh Adam's first steps move every coordinate by about the learning rate, so
+  every phone pushes the ten thousand rare-word rows the same way and the average is that
+  push, not the users' signal (bench/client_optimizer).
 
 Graph constraints: the recurrence is unrolled (no while loops), embedding lookups are one-hot
 matmuls (-> EMBEDDING_LOOKUP, which int8 shrinks), the loss uses one-hot cross-entropy.
@@ -91,7 +95,9 @@ def adam_init(device: Params) -> dict[str, np.ndarray]:
     return out
 
 
-def _adam_step(device: Params, grads: Params, mu: Params, nu: Params, count: Array, lr: Array):
+def _step(
+    device: Params, grads: Params, mu: Params, nu: Params, count: Array, lr: Array, adam: Array
+):
     # Written out (Kingma & Ba 2015, bias-corrected) rather than through optax so the state is
     # a flat list of named arrays with a float step count, which LiteRT signatures need;
     # `tests/test_export.py` checks it against optax.adam step for step.
@@ -99,12 +105,17 @@ def _adam_step(device: Params, grads: Params, mu: Params, nu: Params, count: Arr
     mu = {k: ADAM_B1 * mu[k] + (1 - ADAM_B1) * grads[k] for k in device}
     nu = {k: ADAM_B2 * nu[k] + (1 - ADAM_B2) * grads[k] ** 2 for k in device}
     c1, c2 = 1 - ADAM_B1**count, 1 - ADAM_B2**count
-    new = {k: device[k] - lr * (mu[k] / c1) / (jnp.sqrt(nu[k] / c2) + ADAM_EPS) for k in device}
+    direction = {
+        k: adam * (mu[k] / c1) / (jnp.sqrt(nu[k] / c2) + ADAM_EPS) + (1.0 - adam) * grads[k]
+        for k in device
+    }
+    new = {k: device[k] - lr * direction[k] for k in device}
     return new, mu, nu, count
 
 
 def train_fn(config: ModelConfig, base: Params, spec: ExportSpec):
-    """f(*device, *mu, *nu, count, lr, tokens_BxT, targets_BxT) -> (*device, *mu, *nu, count, loss).
+    """f(*device, *mu, *nu, count, lr, adam, tokens_BxT, targets_BxT) ->
+    (*device, *mu, *nu, count, loss); `adam` 1 = Adam step, 0 = SGD step.
 
     No dropout on the device: the step is deterministic, so LiteRT and JAX agree exactly.
     """
@@ -123,9 +134,9 @@ def train_fn(config: ModelConfig, base: Params, spec: ExportSpec):
         device = dict(zip(names, args[:n], strict=True))
         mu = dict(zip(names, args[n : 2 * n], strict=True))
         nu = dict(zip(names, args[2 * n : 3 * n], strict=True))
-        count, lr, tokens, targets = args[3 * n :]
+        count, lr, adam, tokens, targets = args[3 * n :]
         loss, grads = jax.value_and_grad(loss_fn)(device, tokens, targets)
-        new, mu, nu, count = _adam_step(device, grads, mu, nu, count, lr)
+        new, mu, nu, count = _step(device, grads, mu, nu, count, lr, adam)
         return (
             *[new[k] for k in names],
             *[mu[k] for k in names],
@@ -217,6 +228,7 @@ def export(
                 *[state[f"nu.{k}"] for k in names],
                 state["count"],
                 np.float32(1e-2),
+                np.float32(1.0),
                 np.zeros((spec.train_batch, spec.train_len), np.int32),
                 np.zeros((spec.train_batch, spec.train_len), np.int32),
             ],
@@ -226,6 +238,7 @@ def export(
                 *[f"nu.{k}" for k in names],
                 "count",
                 "lr",
+                "adam",
                 "tokens",
                 "targets",
             ],

@@ -76,7 +76,25 @@ def test_handwritten_adam_equals_optax(setup):
     for _ in range(3):
         upd, st = opt.update(grads, st, p_opt)
         p_opt = optax.apply_updates(p_opt, upd)
-        p_mine, mu, nu, count = export._adam_step(p_mine, grads, mu, nu, count, 1e-2)
+        p_mine, mu, nu, count = export._step(p_mine, grads, mu, nu, count, 1e-2, 1.0)
+    for k in device:
+        np.testing.assert_allclose(np.asarray(p_mine[k]), np.asarray(p_opt[k]), atol=1e-6)
+
+
+def test_sgd_mode_equals_optax_sgd(setup):
+    _, _, _, device, _ = setup
+    grads = jax.tree.map(lambda v: jnp.cos(jnp.arange(v.size).reshape(v.shape) * 0.3), device)
+    opt = optax.sgd(0.5)
+    st = opt.init(device)
+    state = export.adam_init(device)
+    p_opt, p_mine = dict(device), dict(device)
+    mu = {k: state[f"mu.{k}"] for k in device}
+    nu = {k: state[f"nu.{k}"] for k in device}
+    count = state["count"]
+    for _ in range(3):
+        upd, st = opt.update(grads, st, p_opt)
+        p_opt = optax.apply_updates(p_opt, upd)
+        p_mine, mu, nu, count = export._step(p_mine, grads, mu, nu, count, 0.5, 0.0)
     for k in device:
         np.testing.assert_allclose(np.asarray(p_mine[k]), np.asarray(p_opt[k]), atol=1e-6)
 
@@ -102,6 +120,7 @@ def test_twenty_litert_train_steps_match_jax(setup, tmp_path):
             *[sj[f"nu.{k}"] for k in names],
             sj["count"],
             np.float32(1e-2),
+            np.float32(1.0),
             tok,
             tgt,
         )
@@ -124,6 +143,26 @@ def test_twenty_litert_train_steps_match_jax(setup, tmp_path):
     for k in names:
         np.testing.assert_array_equal(other.device[k], dm.device[k])
     assert list(other.top_k(["how"])[0]) == list(dm.top_k(["how"])[0])
+
+
+def test_litert_sgd_step_matches_jax_and_keeps_adam_count(setup):
+    cfg, _, base, device, flat = setup
+    dm = DeviceModel(flat, build_vocabulary(cfg.vocab_size - 4), _np(device))
+    tok, tgt = dm.batches(["how are you doing today", "i am fine thanks"])[0]
+    names = sorted(device)
+    state = export.adam_init(device)
+    out = jax.jit(export.train_fn(cfg, base, SPEC))(
+        *[np.asarray(device[k]) for k in names],
+        *[state[f"mu.{k}"] for k in names],
+        *[state[f"nu.{k}"] for k in names],
+        state["count"], np.float32(0.5), np.float32(0.0), tok, tgt,
+    )  # fmt: skip
+    dm.train_step(tok, tgt, 0.5, "sgd")
+    for i, k in enumerate(names):
+        np.testing.assert_allclose(dm.device[k], np.asarray(out[i]), atol=1e-4)
+    assert any(not np.allclose(dm.device[k], np.asarray(device[k])) for k in names)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        dm.train_step(tok, tgt, 0.5, "adagrad")
 
 
 def test_bad_model_files_and_states_give_clear_errors(setup, tmp_path):

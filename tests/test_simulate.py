@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from coordinator import testing
+from coordinator import db, testing
 from coordinator.service import Coordinator
 from keyboard import population
 from keyboard.device import Device, DeviceConfig
@@ -125,3 +125,30 @@ def test_short_simulation_over_http_with_dropouts_makes_an_evaluated_version(tmp
     advertise = cfg.stage_timeout_s if first.declined else lat
     assert first.sim_seconds == pytest.approx(advertise + 3 * lat + cfg.masked_deadline_s)
     assert reports[-1].sim_time == pytest.approx(sum(r.sim_seconds for r in reports))
+
+
+@pytest.mark.slow
+def test_buffered_simulation_rounds_take_the_first_ready_devices_with_stale_weights(tmp_path):
+    # 8 in-process phones, 4 training at once, rounds of the first 3 ready; half of the phones
+    # are 10x stragglers, so later rounds mix fresh and stale updates.
+    cfg = dataclasses.replace(
+        population.PopulationConfig.tiny(), devices=8, transport="inprocess", rounds=4,
+        round_mode="buffered", buffer_size=3, concurrency=4, dropout={},
+        speed=dataclasses.replace(PROFILE, straggler_share=0.5),
+    )  # fmt: skip
+    with population.running_population(cfg, tmp_path) as (pop, _):
+        assert pop.coord.config.round_mode == "buffered"
+        reports = pop.run(progress=False)
+        versions = pop.coord.registry.versions()
+        with pop.coord.db.transaction() as s:
+            stats = [r.stats or {} for r in s.query(db.Round).order_by(db.Round.id)]
+    assert [r.status for r in reports] == ["done"] * 4
+    assert [r.version for r in reports] == [2, 3, 4, 5]
+    assert all(r.contributors == 3 for r in reports)
+    assert all(v.metrics["mode"] == "buffered" for v in versions[1:])
+    # Simulated time only moves forward, and each round ends after its members were ready.
+    times = [r.sim_time for r in reports]
+    assert times == sorted(times) and times[0] > 0
+    # Some later round took an update trained from an older version: weight below 1.
+    stale = [w for st in stats[1:] for w in st["weights"].values() if w < 1]
+    assert stale, stats
