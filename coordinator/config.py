@@ -129,6 +129,11 @@ class CoordinatorConfig:
             round_stage_timeout_s=20.0,
             round_masked_input_timeout_s=30.0,
             round_min_devices=3,
+            # FedAvg at rate 1: a version is exactly its parent plus the released average,
+            # which the protocol tests check (FedAdam has its own tests).
+            server_optimizer="sgd",
+            server_learning_rate=1.0,
+            server_momentum=0.0,
             round_buffer_size=3,
             secagg=SecAggConfig.tiny(),
         )

@@ -64,6 +64,10 @@ def sample_config(data_dir: Path, database_url: str | None = None) -> Coordinato
         round_masked_input_timeout_s=MASKED_INPUT_TIMEOUT_S,
         rate_per_second=1e4,
         rate_burst=10_000,
+        # Plain FedAvg on the server: each version is its parent plus the released average,
+        # which the dashboard's histograms can be checked against.
+        server_optimizer="sgd",
+        server_learning_rate=1.0,
         dp=DPConfig(noise_multiplier=2.0, delta=1e-5, sampling_probability=1.0, epsilon_limit=10),
     )
 

@@ -28,7 +28,10 @@ def _hits(dev: Device, messages: list[str]) -> int:
 
 @pytest.fixture
 def cfg(tmp_path):
-    return DeviceConfig(tmp_path / "phone", min_new_words=20, local_epochs=6, lr=1e-2)
+    # Adam: personal learning on one phone (federated rounds use SGD).
+    return DeviceConfig(
+        tmp_path / "phone", min_new_words=20, local_epochs=6, optimizer="adam", lr=1e-2
+    )
 
 
 def test_first_start_runs_the_shipped_model_and_seals_what_is_typed(cfg):

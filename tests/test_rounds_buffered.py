@@ -27,7 +27,9 @@ BUFFERED = {
     "round_mode": "buffered",
     "round_buffer_size": 3,
     "round_overselect": 0,
-    "server_momentum": 0.0,  # the new version is exactly old + the weighted average
+    "server_optimizer": "sgd",  # FedAvg at rate 1: the new version is exactly old + the
+    "server_learning_rate": 1.0,  # weighted average
+    "server_momentum": 0.0,
     "rate_per_second": 1e4,
     "rate_burst": 10_000,
 }
