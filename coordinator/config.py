@@ -67,6 +67,10 @@ class CoordinatorConfig:
     staleness_exponent: float = 0.5
     max_staleness: int = 4
     secagg: SecAggConfig = field(default_factory=SecAggConfig.default)
+    # Share of the device part's coordinates a device uploads per round: a public random
+    # subset, new each round (random-mask updates, Konečný et al. 2016; secagg.subsample).
+    # 1 = the whole update. Together with `secagg.value_bits` it sets the upload size.
+    upload_fraction: float = 1.0
     # Server optimiser on the averaged delta: "adam" (FedAdam, Reddi et al. 2021) at
     # `server_learning_rate`, or "sgd" with `server_momentum` (FedAvgM; momentum 0 = FedAvg,
     # learning rate 1 = add the average). FedAdam at 3e-2 on the phones' SGD updates is what
@@ -98,6 +102,8 @@ class CoordinatorConfig:
             raise ValueError("round_interval_s must be >= 0, min devices and buffer size >= 2")
         if self.staleness_exponent < 0 or self.max_staleness < 0:
             raise ValueError("staleness_exponent and max_staleness must be >= 0")
+        if not 0 < self.upload_fraction <= 1:
+            raise ValueError(f"upload_fraction must be in (0, 1], got {self.upload_fraction}")
         if self.server_optimizer not in ("sgd", "adam"):
             raise ValueError(
                 f"server_optimizer must be 'sgd' or 'adam', got {self.server_optimizer!r}"

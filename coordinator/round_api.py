@@ -82,6 +82,7 @@ def router(coord: Coordinator, device: Callable[..., Any], mark: Callable[..., N
             "trained_from": view.trained_from,
             "staleness": view.staleness,
             "weight": view.weight,
+            "subset": view.subset,
         }
 
     @r.post("/v1/rounds/ready", responses=api_errors.responses(400, 401, 403, 409, 422, 429))

@@ -22,7 +22,7 @@ from coordinator import db, server_opt
 from coordinator import round_store as rs
 from coordinator.registry import VersionInfo
 from model.checkpoint import atomic_write_bytes
-from secagg import dp
+from secagg import dp, subsample
 from secagg.server_state import AggregateResult
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def register_result(
     dropouts: dict[str, int],
     rng: np.random.Generator | None = None,
     weights: dict[str, float] | None = None,
+    subset: dict | None = None,
 ) -> VersionInfo:
     """Apply the round's average delta to version `parent` and register the new version.
 
@@ -104,6 +105,9 @@ def register_result(
     part = coord.registry.device_part(parent)
     avg = average_delta(coord, result, rng, weights)
     _store_aggregate_histogram(coord, round_id, avg)
+    if subset is not None:  # a random-mask round: the average covers only its coordinates
+        idx = subsample.indices(subset["seed"], subset["of"], avg.size)
+        avg = subsample.scatter(avg, idx, subset["of"])
     new_vec = server_opt.apply_update(
         server_opt.flatten(part),
         avg,
@@ -118,6 +122,7 @@ def register_result(
         "round": round_id,
         "contributors": result.num_contributors,
         "mode": "sync" if weights is None else "buffered",
+        "uploaded_coordinates": int(result.vector_sum.size),
         "total_weight": divisor(result, weights),
         "dropouts": dropouts,
         "fed_hits_at_1": hits1,

@@ -74,6 +74,7 @@ class RoundView:
     trained_from: int  # the version this device's update must start from
     staleness: int  # versions between trained_from and model_version (0 in sync rounds)
     weight: float  # public staleness weight the device multiplies its clipped update by
+    subset: dict | None = None  # random-mask round: {"seed", "of"} (secagg.subsample)
 
 
 def now_or(now: datetime | None) -> datetime:
@@ -169,7 +170,7 @@ def current_for(coord: Coordinator, device_id: str) -> RoundView | None:
                 row.reason, pending, row.version_id, row.mode or "sync",
                 stats.get("trained_from", {}).get(str(u), row.version_id),
                 stats.get("staleness", {}).get(str(u), 0),
-                stats.get("weights", {}).get(str(u), 1.0),
+                stats.get("weights", {}).get(str(u), 1.0), stats.get("subset"),
             )  # fmt: skip
     return None
 

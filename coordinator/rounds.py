@@ -32,7 +32,7 @@ from coordinator import db, evaluation, round_result, server_opt, staleness
 from coordinator import round_store as rs
 from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.round_store import STAGES, RoundView, current_for, max_message_bytes, status
-from secagg import server, wire
+from secagg import server, subsample, wire
 from secagg.errors import (
     AbortError,
     BudgetExhaustedError,
@@ -119,7 +119,11 @@ def start_round(
     row = db.Round(version_id=current.id, status="running", started_at=now, mode=mode)
     s.add(row)
     s.flush()  # the id (and start time) label the secagg round, bound into every message
-    params = new_round(cfg.secagg, f"sotto/{row.id}/{now.isoformat()}", list(members), dim)
+    label = f"sotto/{row.id}/{now.isoformat()}"
+    if cfg.upload_fraction < 1:  # devices upload a public random subset of coordinates
+        stats["subset"] = {"seed": subsample.round_seed(label), "of": dim}
+        dim = subsample.subset_size(dim, cfg.upload_fraction)
+    params = new_round(cfg.secagg, label, list(members), dim)
     row.params = params.to_json()
     row.members = {"devices": {str(k): v for k, v in members.items()}, "dropouts": {}}
     row.server_state = server.new_server(params, identities).to_json()
@@ -280,6 +284,7 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
         row = rs.load(s, round_id)
         st, parent, dropouts = rs.state(row), row.version_id, dict(row.members["dropouts"])
         weights = (row.stats or {}).get("weights")
+        subset = (row.stats or {}).get("subset")
     try:
         st, result = server.finish(st)
     except AbortError as e:
@@ -288,7 +293,7 @@ def _finish(coord: Coordinator, round_id: int, now: datetime) -> str:
         return "aborted"
     try:
         version = round_result.register_result(
-            coord, round_id, parent, result, dropouts, weights=weights
+            coord, round_id, parent, result, dropouts, weights=weights, subset=subset
         )
     except BudgetExhaustedError as e:  # nothing released: the round ends like an abort
         with coord.db.transaction() as s:

@@ -24,7 +24,7 @@ import numpy as np
 from keyboard.device import Device
 from keyboard.runtime import DeviceModel
 from keyboard.transport import Transport, TransportError
-from secagg import client, encoding
+from secagg import client, encoding, subsample
 from secagg.params import RoundParams
 
 __all__ = ["RoundOutcome", "flatten_delta", "evaluate_global", "report_ready", "contribute"]
@@ -147,6 +147,11 @@ def contribute(
                 st, msg = client.share_keys(st, got)
             elif stage == "masked_input":
                 x = flatten_delta(device.delta())
+                if task.get("subset"):  # a random-mask round: only its coordinates go up
+                    sub = task["subset"]
+                    if sub["of"] != x.size:
+                        raise ValueError(f"round samples from {sub['of']} values, not {x.size}")
+                    x = x[subsample.indices(int(sub["seed"]), x.size, params.dim)]
                 counters = evaluate_global(device)
                 enc = encoding.encode(x, params.spec, rng, counters, weight=weight)
                 st, msg = client.masked_input(st, got, enc)

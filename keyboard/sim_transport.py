@@ -122,6 +122,7 @@ class InProcessTransport(Transport):
                 "trained_from": v.trained_from,
                 "staleness": v.staleness,
                 "weight": v.weight,
+                "subset": v.subset,
             }
             return 200, json.dumps(out).encode(), js
         if method == "POST" and path == "/v1/rounds/ready":

@@ -127,7 +127,9 @@ def run(
     )
     cfg = coordinator_config(
         pcfg, data_dir / "coordinator", dp=dp, host=host, port=coord_port, eval_targets=500,
-        server_momentum=0.0,
+        # Plain FedAvg: the DP noise dominates each release, and FedAdam would turn it into
+        # full-size steps on every coordinate; FedAvg adds it unamplified.
+        server_optimizer="sgd", server_learning_rate=1.0, server_momentum=0.0,
     )  # fmt: skip
     cfg = dataclasses.replace(cfg, secagg=dataclasses.replace(cfg.secagg, clip_norm=DEMO_CLIP_NORM))
     for name in ("uvicorn.access", "coordinator.app", "keyboard.device", "keyboard.population"):

@@ -17,7 +17,7 @@ from keyboard.contribute import contribute, evaluate_global, flatten_delta
 from keyboard.device import Device, DeviceConfig
 from keyboard.transport import Transport
 from model.vocab import build_vocabulary
-from secagg import client, crypto, encoding
+from secagg import client, crypto, encoding, subsample
 from secagg.params import RoundParams
 
 N = 5
@@ -220,3 +220,30 @@ def test_the_service_times_out_an_abandoned_round_on_its_own(tmp_path):
             assert time.monotonic() < deadline, "the round never timed out"
             time.sleep(0.05)
         assert "advertised keys" in rounds.status(coord, rid)["reason"]
+
+
+def test_random_mask_round_uploads_a_quarter_and_moves_only_those_coordinates(tmp_path, vocab):
+    with serving(tmp_path, upload_fraction=0.25) as (url, coord):
+        phones = [_phone(tmp_path, url, vocab, i) for i in range(N)]
+        deltas = [flatten_delta(d.delta()) for d, _ in phones]
+        full = deltas[0].size
+        global1 = server_opt.flatten(coord.registry.device_part(1))
+        rid = rounds.open_round(coord, np.random.default_rng(0))
+        outcomes = _run(phones)
+        assert [o.status for o in outcomes] == ["done"] * N, outcomes
+        with coord.db.transaction() as s:
+            sub = s.get(db.Round, rid).stats["subset"]
+        params = RoundParams.from_json(_params(coord, rid))
+        new = server_opt.flatten(coord.registry.device_part(2))
+    assert sub["of"] == full and params.dim == subsample.subset_size(full, 0.25)
+    idx = subsample.indices(sub["seed"], full, params.dim)
+    moved = np.flatnonzero(new != global1)
+    assert set(moved) <= set(idx) and len(moved) > 0.9 * len(idx)
+    # Those coordinates moved by the average of the phones' clipped subsets (the server adds
+    # the average: FedAvg at rate 1), within one quantisation step.
+    spec = params.spec
+    plain = np.mean([encoding.clip(x[idx], spec.clip_norm) for x in deltas], axis=0)
+    step = 2 * spec.bound / ((1 << spec.value_bits) - 1)
+    assert np.abs(new[idx] - global1[idx] - plain).max() <= step
+    # A quarter of the coordinates: a masked input about a quarter of a full one's size.
+    assert max(o.masked_input_bytes for o in outcomes) < 0.3 * full * spec.width / 8
