@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coordinator import evaluation  # noqa: E402
 from keyboard import population as pop  # noqa: E402
+from keyboard import sim_clock  # noqa: E402
 from keyboard.device import read_device_part  # noqa: E402
 from keyboard.runtime import DeviceModel  # noqa: E402
 from model import litert_eval, metrics, paths, pipeline  # noqa: E402
@@ -45,22 +46,9 @@ from secagg.config import DPConfig  # noqa: E402
 from sotto.demo import DEMO_NOISE_MULTIPLIER  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "federated.json"
+CACHE = paths.RUNS / "federated"
 FULL_MODEL_PARAMS = 1_431_950  # the whole network (README "Model"): a dense float32 update
 DELTA = 1e-5  # DP delta (< 1 / 822 federated users)
-
-
-def sim_config(args: argparse.Namespace) -> pop.PopulationConfig:
-    return pop.PopulationConfig(
-        devices=args.devices,
-        cohort_size=args.cohort,
-        rounds=args.rounds,
-        typing_rounds=max(1, args.rounds // 2),
-        transport="inprocess",
-        local_epochs=args.local_epochs,
-        lr=args.lr,
-        seed=args.seed,
-        poll_s=0.05,
-    )
 
 
 def evaluate(model: bytes, part: dict, vocab, messages, targets: int, ks_words: int) -> dict:
@@ -87,19 +75,97 @@ def centralized_part(ckpt: Path | None) -> dict | None:
     return {k: np.asarray(v, np.float32) for k, v in part.items()}
 
 
-def federated_run(
-    name: str, cfg: pop.PopulationConfig, dpc: DPConfig | None, users, vocab, held, args
-) -> dict:
-    print(f"\n== {name}: {cfg.devices} devices, cohort {cfg.cohort_size}, {cfg.rounds} rounds"
-          f"{'' if dpc is None else f', DP z={dpc.noise_multiplier}'}", flush=True)  # fmt: skip
+def train_reference(steps: int, out: Path | None = None) -> Path:
+    """The centralised upper bound: the default device part fine-tuned centrally on every
+    federated user's text (the text the simulated phones hold), as long as the centralised
+    full-model run; saved where `bench/device_part` keeps its converged checkpoint."""
+    import jax
+
+    from model import checkpoint, device_part
+
+    part = DevicePart.default()
+    cfg0, base, _ = checkpoint.load(paths.BASE_DIR)
+    corpus = build_corpus(pipeline.data_config("default"), with_shakespeare=False)
+    cfg, params, _ = device_part.finetune(
+        cfg0, base, part, corpus.tokens["federated"], corpus.tokens["public_valid"], steps,
+        part.peak_lr, jax.random.key(11),
+    )  # fmt: skip
+    out = out or paths.RUNS / "device_part" / "ckpt" / f"converged_{part.name}"
+    checkpoint.save(out, cfg, params, {"lr": part.peak_lr, "steps": steps})
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One federated run of the plan."""
+
+    rounds: int
+    noise: float | None = None  # DP noise multiplier z (None: no DP)
+    upload_fraction: float = 1.0  # random-mask share of coordinates uploaded
+    value_bits: int = 12  # bits per quantised coordinate
+    straggler_share: float = 0.1
+    mode: str = "sync"  # or "buffered"
+
+
+def plan(args: argparse.Namespace) -> dict[str, Run]:
+    """Every run `bench/federated` makes, by name."""
+    r, rd = args.rounds, args.dp_rounds
+    runs = {
+        "federated_secagg": Run(r),
+        "federated_secagg_compressed": Run(r, upload_fraction=args.upload_fraction,
+                                           value_bits=args.compressed_bits),
+        "federated_secagg_dp": Run(rd, noise=DEMO_NOISE_MULTIPLIER),
+        "sync_stragglers90": Run(args.straggler_rounds, straggler_share=0.9),
+        "buffered_stragglers90": Run(
+            args.straggler_rounds * args.cohort // args.buffer_size, straggler_share=0.9,
+            mode="buffered",
+        ),
+    }  # fmt: skip
+    for z in (float(x) for x in args.dp_curve.split(",") if x):
+        runs[f"federated_secagg_dp_z{z:g}"] = Run(rd, noise=z)
+    return runs
+
+
+def population_for(run: Run, args: argparse.Namespace) -> pop.PopulationConfig:
+    sync_deadline = args.straggler_deadline if run.straggler_share > 0.5 else 4.0
+    return pop.PopulationConfig(
+        devices=args.devices,
+        cohort_size=args.cohort,
+        rounds=run.rounds,
+        typing_rounds=1,  # every user's text is on the phone from the start, and a phone
+        min_new_words=0,  # trains on all of it whenever it is picked (as bench/client_optimizer)
+        transport="inprocess",
+        speed=sim_clock.SpeedProfile(straggler_share=run.straggler_share),
+        # A buffered round's members have finished training when it opens; a synchronous one
+        # must wait for its cohort's training (stragglers included) before MaskedInput.
+        masked_deadline_s=4.0 if run.mode == "buffered" else sync_deadline,
+        round_mode=run.mode,
+        buffer_size=args.buffer_size,
+        local_epochs=args.local_epochs,
+        lr=args.lr,
+        seed=args.seed,
+        poll_s=0.05,
+    )
+
+
+def federated_run(name: str, run: Run, users, vocab, held, args) -> dict:
+    cfg = population_for(run, args)
+    q = cfg.cohort_size * (1 + cfg.overselect) / min(cfg.devices, len(users))
+    dpc = None
+    if run.noise is not None:
+        dpc = DPConfig(noise_multiplier=run.noise, delta=DELTA,
+                       sampling_probability=min(1.0, q), epsilon_limit=1e12)  # fmt: skip
+    print(f"\n== {name}: {run}", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"sotto-fed-{name}-", dir=args.work_dir))
     t0 = time.monotonic()
     try:
         ccfg = pop.coordinator_config(
-            cfg, work / "coordinator", dp=dpc, eval_targets=0, server_learning_rate=args.server_lr
-        )
-        sa = dataclasses.replace(ccfg.secagg, clip_norm=args.clip, value_bits=args.value_bits)
-        ccfg = dataclasses.replace(ccfg, secagg=sa, server_momentum=args.server_momentum)
+            cfg, work / "coordinator", dp=dpc, eval_targets=0,
+            server_optimizer=args.server_optimizer, server_learning_rate=args.server_lr,
+            server_momentum=args.server_momentum, upload_fraction=run.upload_fraction,
+        )  # fmt: skip
+        sa = dataclasses.replace(ccfg.secagg, clip_norm=args.clip, value_bits=run.value_bits)
+        ccfg = dataclasses.replace(ccfg, secagg=sa)
         per_round = []
         with pop.running_population(cfg, work, ccfg, users=users) as (p, _):
             reg = p.coord.registry
@@ -132,6 +198,8 @@ def federated_run(
             eps = last.metrics.get("dp_epsilon")
         done = [r for r in per_round if r["status"] == "done"]
         return {
+            "run": dataclasses.asdict(run),
+            "population": dataclasses.asdict(cfg),
             "final": {**final, "version": last.id, "dp_epsilon": eps},
             "rounds": per_round,
             "rounds_done": len(done),
@@ -150,6 +218,16 @@ def federated_run(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def time_to_target(rounds: list[dict], target: float) -> float | None:
+    """Simulated seconds until held-out top-1 first reaches `target` in two evaluations in a
+    row (one noisy evaluation does not count)."""
+    scored = [r for r in rounds if r.get("heldout")]
+    for a, b in zip(scored, scored[1:], strict=False):
+        if a["heldout"]["top1"] >= target and b["heldout"]["top1"] >= target:
+            return a["sim_time"]
+    return None
+
+
 def table(res: dict) -> str:
     f = res["final"]
     rows = [
@@ -157,9 +235,7 @@ def table(res: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name in ("base", "ngram", "centralized_device_part", "federated_secagg",
-                 "federated_secagg_dp"):  # fmt: skip
-        if name not in f:
-            continue
+                 "federated_secagg_compressed", "federated_secagg_dp"):  # fmt: skip
         r = f[name]
         g = res["gain_recovered"].get(name)
         ks = r.get("keystroke_savings")
@@ -168,51 +244,104 @@ def table(res: dict) -> str:
             f"{'' if ks is None else f'{ks:.2%}'} | {'' if g is None else f'{g:.0%}'} | "
             f"{r.get('note', '')} |"
         )
-    rows += ["", f"| DP noise z | epsilon (delta {DELTA:.0e}) | top-1 |", "|---|---|---|"]
+    head = f"| DP noise z | epsilon (delta {DELTA:.0e}) | rounds | top-1 | no DP, same round |"
+    rows += ["", head, "|---|---|---|---|---|"]
     for d in res["dp_curve"]:
-        rows.append(f"| {d['noise_multiplier']} | {d['epsilon']:.3g} | {d['top1']:.2%} |")
-    rows.append(f"\nupload per device per round: {res['upload_bytes_per_device_round']:,.0f} B, "
-                f"dense float32 full model {res['dense_float32_bytes']:,} B: "
-                f"{res['upload_compression_ratio']:.1f}x smaller")  # fmt: skip
+        same = d["no_dp_top1_same_round"]
+        rows.append(f"| {d['noise_multiplier']} | {d['epsilon']:.3g} | {d['rounds']} | "
+                    f"{d['top1']:.2%} | {'' if same is None else f'{same:.2%}'} |")  # fmt: skip
+    t = res["straggler_sim_seconds_to_target"]
+    sp = res["straggler_speedup_buffered_vs_sync"]
+    mem = res["device_peak_memory"]
+    full = res["upload_bytes_per_device_round_uncompressed"]
+    rows += [
+        "",
+        f"upload per device per round: {res['upload_bytes_per_device_round']:,.0f} B compressed "
+        f"({res['upload_compression_ratio']:.1f}x smaller than a dense float32 full-model update"
+        f" of {res['dense_float32_bytes']:,} B), {full:,.0f} B uncompressed "
+        f"({res['upload_compression_ratio_uncompressed']:.1f}x)",
+        f"90% stragglers, simulated seconds to top-1 {res['straggler_target_top1']:.2%}: sync "
+        f"{t['sync']}, buffered {t['buffered']}: speedup {'n/a' if sp is None else f'{sp:.1f}x'}",
+        f"device training peak memory: device part {mem['device_part']:,} B, full model "
+        f"{mem['full_model']:,} B ({mem['reduction']:.0%} lower)",
+    ]
     return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--devices", type=int, default=400)
+    ap.add_argument("--devices", type=int, default=822, help="simulated phones (822 = all)")
     ap.add_argument("--cohort", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--local-epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--server-lr", type=float, default=1.0)
-    ap.add_argument("--server-momentum", type=float, default=0.9)
-    ap.add_argument("--clip", type=float, default=10.0, help="L2 clip (median update norm ~6)")
-    ap.add_argument("--value-bits", type=int, default=12, help="bits per quantised coordinate")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--dp-rounds", type=int, default=10, help="rounds of each DP run")
+    ap.add_argument("--straggler-rounds", type=int, default=16, help="sync rounds, 90%% slow")
+    ap.add_argument(
+        "--straggler-deadline",
+        type=float,
+        default=10.0,
+        help="simulated s a sync round waits for masked inputs with 90%% stragglers",
+    )
+    ap.add_argument("--buffer-size", type=int, default=10, help="buffered rounds' K")
+    ap.add_argument("--local-epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=0.5, help="phones' SGD rate")
+    ap.add_argument("--server-optimizer", default="adam")
+    ap.add_argument("--server-lr", type=float, default=3e-2)
+    ap.add_argument("--server-momentum", type=float, default=0.0)
+    ap.add_argument("--clip", type=float, default=2.0, help="L2 clip (median SGD update ~1)")
+    ap.add_argument("--upload-fraction", type=float, default=0.4, help="compressed run")
+    ap.add_argument("--compressed-bits", type=int, default=8, help="compressed run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-targets", type=int, default=3_000, help="held-out targets per round")
     ap.add_argument("--final-targets", type=int, default=10_000)
-    ap.add_argument("--ks-words", type=int, default=500, help="keystroke-savings words")
+    ap.add_argument("--ks-words", type=int, default=300, help="keystroke-savings words")
     ap.add_argument("--dp-curve", default="0.1,0.3", help="noise levels besides the demo's")
-    ap.add_argument("--reference", type=Path, default=None, help="centralised device part ckpt")
+    ap.add_argument(
+        "--reference-steps",
+        type=int,
+        default=3240,
+        help="steps of the centralised reference (the centralised full run's)",
+    )
+    ap.add_argument("--reference", type=Path, default=None, help="centralised checkpoint to use")
+    ap.add_argument("--only", default="", help="compute only these runs, then stop")
+    ap.add_argument("--runs", default="all", help="comma-separated run names to (re)compute")
     ap.add_argument(
         "--work-dir",
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
-        help="where the temporary runs live (tmpfs: the sealed stores fsync every message)",
+        help="where the temporary runs live (tmpfs: the sealed stores fsync)",
     )
+    ap.add_argument("--cache-dir", type=Path, default=CACHE, help="finished runs")
     ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args()
+    args = ap.parse_args()  # fmt: skip
     t0 = time.monotonic()
 
     corpus = build_corpus(pipeline.data_config("default"), with_shakespeare=False)
     vocab, held = corpus.vocab, corpus.tokens["heldout"]
     users = pop.federated_users("default")
-    cfg = sim_config(args)
     base_model = paths.BASE_TFLITE.read_bytes()
     base_part = read_device_part(paths.BASE_TFLITE.with_suffix(".device.npz").read_bytes())
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def cached(name: str, compute) -> dict:
+        """A finished run from runs/federated (resumable, and two processes can share the
+        plan); `--runs` names the ones to compute again."""
+        path = args.cache_dir / f"{name}.json"
+        if path.exists() and name not in args.runs.split(","):
+            return json.loads(path.read_text())
+        out = compute()
+        path.write_text(json.dumps(out, default=float) + "\n")
+        return out
+
+    if args.only:  # a share of the plan (e.g. one process per core); assemble later
+        for name, run in plan(args).items():
+            if name in args.only.split(","):
+                cached(name, lambda n=name, r=run: federated_run(n, r, users, vocab, held, args))
+        return
 
     final: dict = {}
-    final["base"] = evaluate(base_model, base_part, vocab, held, args.final_targets, args.ks_words)
-    print(f"base: {final['base']}", flush=True)
+    final["base"] = cached("base", lambda: evaluate(
+        base_model, base_part, vocab, held, args.final_targets, args.ks_words))  # fmt: skip
+    per_round_base = cached("base_per_round", lambda: evaluate(
+        base_model, base_part, vocab, held, args.eval_targets, 0))  # fmt: skip
     quality = json.loads((OUT.parent / "quality.json").read_text())["chitchat_heldout"]
     final["ngram"] = {
         **{k: quality["ngram"][k] for k in ("top1", "top3", "keystroke_savings")},
@@ -220,82 +349,92 @@ def main() -> None:
         "note": "bench/results/quality.json: all held-out targets, keystroke savings on 20k words",
     }
     ref = args.reference or trained_checkpoint(DevicePart.default())
-    cpart = centralized_part(ref)
-    if cpart is not None:
-        final["centralized_device_part"] = evaluate(
-            base_model, cpart, vocab, held, args.final_targets, args.ks_words
-        )
-        final["centralized_device_part"]["note"] = f"converged checkpoint {Path(ref).name}"
-    else:
-        conv = json.loads((OUT.parent / "device_part.json").read_text())["converged"]
-        final["centralized_device_part"] = {
-            "top1": conv["device_part"]["top1"], "top3": conv["device_part"]["top3"],
-            "note": "bench/results/device_part.json (checkpoint not found: JAX, all targets)",
-        }  # fmt: skip
-    print(f"centralized_device_part: {final['centralized_device_part']}", flush=True)
+    if ref is None or not (args.reference or ref.name.startswith("converged_")):
+        ref = train_reference(args.reference_steps)
+    final["centralized_device_part"] = {
+        **cached("centralized_device_part", lambda: evaluate(
+            base_model, centralized_part(ref), vocab, held, args.final_targets, args.ks_words)),
+        "note": f"the same device part trained centrally on all federated users' text "
+                f"({args.reference_steps} steps of 64 x 32 tokens)",
+    }  # fmt: skip
+    print(f"base {final['base']['top1']:.2%}, centralised device part "
+          f"{final['centralized_device_part']['top1']:.2%}", flush=True)  # fmt: skip
 
-    q = cfg.cohort_size * (1 + cfg.overselect) / min(cfg.devices, len(users))
-    runs: dict = {}
-    levels = [DEMO_NOISE_MULTIPLIER] + [float(z) for z in args.dp_curve.split(",") if z]
-    plan = [("federated_secagg", None)] + [
-        ("federated_secagg_dp" if z == DEMO_NOISE_MULTIPLIER else f"federated_secagg_dp_z{z}",
-         DPConfig(noise_multiplier=z, delta=DELTA, sampling_probability=min(1.0, q),
-                  epsilon_limit=1e12))
-        for z in levels
-    ]  # fmt: skip
-    for name, dpc in plan:
-        runs[name] = federated_run(name, cfg, dpc, users, vocab, held, args)
+    runs = {
+        name: cached(name, lambda n=name, r=run: federated_run(n, r, users, vocab, held, args))
+        for name, run in plan(args).items()
+    }
+    for name in ("federated_secagg", "federated_secagg_compressed", "federated_secagg_dp"):
         final[name] = runs[name]["final"]
 
     base1 = final["base"]["top1"]
     cgain = final["centralized_device_part"]["top1"] - base1
-    gain = {
-        k: (final[k]["top1"] - base1) / cgain if cgain else None
-        for k in ("ngram", "federated_secagg", "federated_secagg_dp")
-        if k in final
-    }
-    gain["centralized_device_part"] = 1.0
+    gain = {k: (final[k]["top1"] - base1) / cgain for k in final if cgain}
     dense = FULL_MODEL_PARAMS * 4
-    up = runs["federated_secagg"]["upload_bytes_per_device_round"]
-    rounds_for_eps = cfg.rounds
+    up = runs["federated_secagg_compressed"]["upload_bytes_per_device_round"]
+    up_full = runs["federated_secagg"]["upload_bytes_per_device_round"]
     curve = []
-    for name, dpc in plan[1:]:
-        eps = runs[name]["final"]["dp_epsilon"]
+    for name, r in runs.items():
+        if r["run"]["noise"] is None:
+            continue
+        d = r["dp"]
+        eps = r["final"]["dp_epsilon"]
         if eps is None:  # no round released anything: what the plan would have cost
-            eps = dp.epsilon(dpc.noise_multiplier, dpc.sampling_probability, rounds_for_eps, DELTA)
+            eps = dp.epsilon(d["noise_multiplier"], d["sampling_probability"], r["run"]["rounds"],
+                             DELTA)  # fmt: skip
+        no_dp = next((x for x in runs["federated_secagg"]["rounds"]
+                      if x["round_id"] == r["run"]["rounds"]), None)  # fmt: skip
         curve.append(
-            {"run": name, "noise_multiplier": dpc.noise_multiplier, "epsilon": eps,
-             "delta": DELTA, "top1": runs[name]["final"]["top1"],
-             "top3": runs[name]["final"]["top3"], "rounds": runs[name]["rounds_done"],
-             "demo": dpc.noise_multiplier == DEMO_NOISE_MULTIPLIER}
+            {"run": name, "noise_multiplier": d["noise_multiplier"], "epsilon": eps,
+             "delta": DELTA, "top1": r["final"]["top1"], "top3": r["final"]["top3"],
+             "rounds": r["rounds_done"], "demo": d["noise_multiplier"] == DEMO_NOISE_MULTIPLIER,
+             "no_dp_top1_same_round": no_dp and no_dp["heldout"]["top1"]}
         )  # fmt: skip
     curve.sort(key=lambda d: d["noise_multiplier"])
+
+    # Stragglers: time to a target both modes can reach, half of the synchronous run's gain
+    # over the base on the per-round targets.
+    sync, buf = runs["sync_stragglers90"], runs["buffered_stragglers90"]
+    best_sync = max(x["heldout"]["top1"] for x in sync["rounds"] if x.get("heldout"))
+    target = per_round_base["top1"] + 0.5 * (best_sync - per_round_base["top1"])
+    t_sync, t_buf = time_to_target(sync["rounds"], target), time_to_target(buf["rounds"], target)
+    speedup = t_sync / t_buf if t_sync and t_buf else None
+
+    litert = json.loads((OUT.parent / "litert.json").read_text())
+    mem = {m["name"]: m["train_peak_bytes"] for m in litert["train_peak_mem"]}
+    part_name = DevicePart.default().name
     res = {
         "setup": {
-            "population": dataclasses.asdict(cfg),
+            "devices": args.devices,
+            "cohort": args.cohort,
             "clip_norm": args.clip,
-            "server_learning_rate": args.server_lr,
-            "server_momentum": args.server_momentum,
-            "value_bits": args.value_bits,
+            "phone_optimizer": f"sgd lr {args.lr}, {args.local_epochs} epoch(s) per round",
+            "server_optimizer": f"{args.server_optimizer} lr {args.server_lr}",
             "heldout_targets_final": args.final_targets,
             "heldout_targets_per_round": args.eval_targets,
             "keystroke_words": args.ks_words,
             "transport": "in-process (same device and protocol code as HTTP)",
+            "plan": {k: dataclasses.asdict(v) for k, v in plan(args).items()},
         },
         "final": final,
         "gain_recovered": gain,
         "gain_target": 0.9,
         "upload_bytes_per_device_round": up,
-        "masked_input_bytes": runs["federated_secagg"]["masked_input_bytes"],
+        "upload_bytes_per_device_round_uncompressed": up_full,
         "dense_float32_bytes": dense,
         "upload_compression_ratio": dense / up if up else None,
+        "upload_compression_ratio_uncompressed": dense / up_full if up_full else None,
         "dp_curve": curve,
-        "straggler_speedup_buffered_vs_sync": None,
-        "straggler_speedup_reason": (
-            "buffered (FedBuff) rounds are being added to the coordinator on another branch and"
-            " were not available to the simulator; the simulated clock and speed profile are"
-            " ready for them (keyboard/sim_clock.py)"
-        ),
+        "straggler_target_top1": target,
+        "straggler_base_top1": per_round_base["top1"],
+        "straggler_sim_seconds_to_target": {"sync": t_sync, "buffered": t_buf},
+        "straggler_speedup_buffered_vs_sync": speedup,
+        "device_peak_memory": {
+            "source": "bench/results/litert.json (LiteRT train signature, fresh process)",
+            "device_part": mem.get(part_name),
+            "full_model": mem.get("full"),
+            "reduction": 1 - mem[part_name] / mem["full"] if part_name in mem else None,
+        },
         "runs": runs,
         "seconds": time.monotonic() - t0,
     }
