@@ -100,6 +100,8 @@ def _simulate(args: argparse.Namespace) -> None:
         speed=SpeedProfile(args.stragglers, args.slowdown),
         dropout=drop,
         seed=args.seed,
+        round_mode=args.mode,
+        buffer_size=args.buffer_size or min(base.buffer_size, args.cohort or base.cohort_size),
     )
     reports = population.simulate(cfg, Path(args.data_dir), progress=True)
     print(population.format_reports(reports))
@@ -209,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort", type=int, default=None, help="devices a round asks for")
     s.add_argument("--rounds", type=int, default=None)
     s.add_argument("--transport", choices=["http", "inprocess"], default="http")
+    s.add_argument(
+        "--mode", choices=["sync", "buffered"], default="sync",
+        help="synchronous rounds, or buffered (FedBuff): a round per --buffer-size ready phones",
+    )  # fmt: skip
+    s.add_argument("--buffer-size", type=int, default=None, help="buffered: updates per round")
     s.add_argument("--stragglers", type=float, default=0.1, help="share of slow devices")
     s.add_argument("--slowdown", type=float, default=10.0, help="how much slower they train")
     s.add_argument(
