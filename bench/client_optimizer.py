@@ -8,7 +8,12 @@ phone's LiteRT `train` signature does) for `epochs` passes over its messages (ba
 tokens); the deltas are clipped to norm `clip` and averaged, and the server applies the average
 with its learning rate and momentum (FedAvgM, Hsu et al. 2019). Arms differ in client rate,
 epochs, share of each user's text and server momentum.
-Writes bench/results/client_optimizer.json: held-out top-1 per round for each arm.
+Writes bench/results/client_optimizer.json: held-out top-1 per round for each arm. Found:
+fresh-Adam phones move every rare-word row of the output layer by about the learning rate in
+the same direction (mean cosine between phones' updates 0.98 on the output biases, 0.71 on the
+embedding update, ~0 elsewhere), so their average is that push, not the users' signal, and
+server momentum amplifies it; SGD phones' updates average out their noise, and FedAdam (Reddi
+et al. 2021) at 3e-2 turns them into steady progress.
 """
 
 import argparse
@@ -50,17 +55,13 @@ ARMS = {
     "adam3e-3_e2_m0.9": Arm(3e-3, 2, None, 0.9),
     "adam3e-3_e2_m0": Arm(3e-3, 2, None, 0.0),
     "adam1e-2_e1_m0": Arm(1e-2, 1, None, 0.0),
-    "adam1e-3_e2_m0": Arm(1e-3, 2, None, 0.0),
-    "adam3e-3_e2_m0.5": Arm(3e-3, 2, None, 0.5),
-    # the first version of this bench: 40 messages, one epoch
-    "adam1e-3_40msg_m0": Arm(1e-3, 1, 40, 0.0),
     "adam3e-3_e1_fedadam1e-2": Arm(3e-3, 1, None, 0.0, server_adam=1e-2),
     "adam3e-3_e1_fedadam3e-2": Arm(3e-3, 1, None, 0.0, server_adam=3e-2),
     "sgd0.5_e1_fedadam1e-2": Arm(0.5, 1, None, 0.0, server_adam=1e-2, client="sgd"),
     "sgd0.5_e1_m0.9": Arm(0.5, 1, None, 0.9, client="sgd"),
-    "sgd1_e1_fedadam1e-2": Arm(1.0, 1, None, 0.0, server_adam=1e-2, client="sgd"),  # diverges
+    # SGD at rate 1 diverges (NaN after the first rounds): 0.5 is near the edge.
+    "sgd1_e1_fedadam1e-2": Arm(1.0, 1, None, 0.0, server_adam=1e-2, client="sgd"),
     "sgd0.5_e1_fedadam3e-2": Arm(0.5, 1, None, 0.0, server_adam=3e-2, client="sgd"),
-    "sgd0.5_e2_fedadam1e-2": Arm(0.5, 2, None, 0.0, server_adam=1e-2, client="sgd"),
     "sgd0.3_e2_fedadam3e-2": Arm(0.3, 2, None, 0.0, server_adam=3e-2, client="sgd"),
     "sgd0.5_e1_fedadam1e-1": Arm(0.5, 1, None, 0.0, server_adam=1e-1, client="sgd"),
 }
