@@ -209,10 +209,19 @@ class Device:
         with self.lock:
             texts = self.history.training_text()
             losses, cfg = [], self.config
-            for _ in range(self.config.local_epochs):
-                order = rng.permutation(len(texts))
-                for tokens, targets in self.model.batches([texts[i] for i in order]):
-                    losses.append(self.model.train_step(tokens, targets, cfg.lr, cfg.optimizer))
+            try:
+                for _ in range(self.config.local_epochs):
+                    order = rng.permutation(len(texts))
+                    for tokens, targets in self.model.batches([texts[i] for i in order]):
+                        losses.append(self.model.train_step(tokens, targets, cfg.lr, cfg.optimizer))
+            except FloatingPointError as e:
+                # Diverged part-way: drop this run's steps (back to the global version) rather
+                # than keep or contribute a half-trained model; the text stays for next time.
+                log.warning("local training diverged, run discarded: %s", e)
+                self.model.reset(self.global_part)
+                self._local.unlink(missing_ok=True)
+                self._set(pending_contribution=None)
+                return None
             if not losses:
                 return None
             self._save_local()
