@@ -98,3 +98,17 @@ def test_a_bad_model_update_changes_nothing(cfg):
     assert dev.version == 0 and Device.open(cfg).version == 0
     dev.install(1, good, part)
     assert Device.open(cfg).version == 1
+
+
+def test_diverging_local_training_is_discarded_and_loses_no_text(tmp_path):
+    # SGD at an absurd rate: the loss turns to NaN within the run.
+    cfg = DeviceConfig(tmp_path / "phone", min_new_words=5, local_epochs=3, optimizer="sgd", lr=1e6)
+    dev = Device.open(cfg)
+    for m in HABIT * 4:
+        dev.commit(m)
+    assert dev.train_if_eligible(True, np.random.default_rng(0)) is None
+    assert not np.any([np.any(v) for v in dev.delta().values()])  # back to the global part
+    assert dev.pending_contribution is None  # nothing half-trained waits to be contributed
+    assert dev.history.eligible(5)  # the text is still there for the next run
+    assert all(np.all(np.isfinite(v)) for v in dev.model.device.values())
+    assert Device.open(cfg).pending_contribution is None
