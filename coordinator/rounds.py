@@ -123,7 +123,9 @@ def start_round(
     if cfg.upload_fraction < 1:  # devices upload a public random subset of coordinates
         stats["subset"] = {"seed": subsample.round_seed(label), "of": dim}
         dim = subsample.subset_size(dim, cfg.upload_fraction)
-    params = new_round(cfg.secagg, label, list(members), dim)
+    # A public rotation seed from the label, when updates are rotated before quantising.
+    rotation = subsample.round_seed(f"{label}/rotation") if cfg.secagg.rotate else None
+    params = new_round(cfg.secagg, label, list(members), dim, rotation)
     row.params = params.to_json()
     row.members = {"devices": {str(k): v for k, v in members.items()}, "dropouts": {}}
     row.server_state = server.new_server(params, identities).to_json()
