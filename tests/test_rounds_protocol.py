@@ -308,3 +308,24 @@ def test_every_new_version_is_evaluated_on_public_users(tmp_path):
     m = c.registry.get(done["result_version"]).metrics
     assert m["public_targets"] == 200 and 0.0 <= m["public_top1"] <= m["public_top3"] <= 1.0
     c.close()
+
+
+def test_rotated_round_gets_a_public_seed_from_its_label_and_averages(tmp_path):
+    cfg = testing.fresh_config(tmp_path, round_cohort_size=N, round_overselect=0)
+    cfg = dataclasses.replace(cfg, secagg=dataclasses.replace(cfg.secagg, rotate=True))
+    c = Coordinator.open(cfg)
+    try:
+        sks = _enrol(c)
+        rid = rounds.open_round(c, np.random.default_rng(1))
+        ph = Phones(c, rid, sks)
+        assert ph.params.rotation_seed is not None  # every phone derives the same signs
+        for stage in ("advertise", "share_keys", "masked_input", "consistency", "unmasking"):
+            ph.stage(stage, sorted(sks))
+        st = rounds.status(c, rid)
+        assert st["status"] == "done"
+        v = c.registry.get(st["result_version"])
+        got = _new_part(c, v.id) - _new_part(c, v.parent)
+        want = ph.expected_average(sorted(sks))
+        assert np.corrcoef(got, want)[0, 1] > 0.99  # rotation keeps quantisation error small
+    finally:
+        c.close()
