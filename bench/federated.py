@@ -280,8 +280,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=822, help="simulated phones (822 = all)")
     ap.add_argument("--cohort", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--dp-rounds", type=int, default=10, help="rounds of each DP run")
-    ap.add_argument("--straggler-rounds", type=int, default=16, help="sync rounds, 90%% slow")
+    ap.add_argument("--dp-rounds", type=int, default=6, help="rounds of each DP run")
+    ap.add_argument("--straggler-rounds", type=int, default=12, help="sync rounds, 90%% slow")
     ap.add_argument(
         "--straggler-deadline",
         type=float,
