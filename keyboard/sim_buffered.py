@@ -119,7 +119,10 @@ class BufferedSimulation:
                 except TransportError as e:
                     if e.status != 409:
                         raise
-                    self._train(sim, dev, tr)  # too stale: learn again from the current version
+                    # Too stale: learn again from the current version (if that run fails, the
+                    # device is idle again and may be started later).
+                    self.busy.discard(sim.name)
+                    self._train(sim, dev, tr)
                     continue
                 waiting[sim.name] = (job, dev, tr)
                 rid = answer["round_id"]
