@@ -348,11 +348,7 @@ class Population:
         got = dev.train_if_eligible(True, np.random.default_rng(rng.integers(1 << 63)))
         steps = got["steps"] if got else 0
         train_s = sim_clock.training_seconds(steps, sim.slowdown, cfg.speed)
-        stop = None
-        for stage in STAGES:
-            if rng.random() < cfg.dropout.get(stage, 0.0):
-                stop = _SILENT_AFTER[stage]
-                break
+        stop = self._draw_stop()
         if train_s + cfg.speed.latency_s > cfg.masked_deadline_s and (
             stop is None or ALL_STAGES.index(stop) > ALL_STAGES.index("share_keys")
         ):
@@ -366,7 +362,6 @@ class Population:
         return sorted(m["devices"].values())
 
     def run_round(self) -> RoundReport:
-        cfg = self.cfg
         t0 = time.monotonic()
         rid = self._open_round()
         sampled = self._members(rid)
@@ -378,16 +373,33 @@ class Population:
                 if member is not None:
                     members.append(member)
             outcomes = self._contribute(rid, members)
+        on_time = {m.sim.name: m.train_s for m in members
+                   if m.stop_after is None or ALL_STAGES.index(m.stop_after) >= 2}  # fmt: skip
+        return self._finish_round(rid, t0, sampled, members, outcomes, on_time)
+
+    def _draw_stop(self) -> str | None:
+        """The stage after which a member goes silent (a dropout drawn per stage), or None."""
+        for stage in STAGES:
+            if self.rng.random() < self.cfg.dropout.get(stage, 0.0):
+                return _SILENT_AFTER[stage]
+        return None
+
+    def _finish_round(
+        self, rid: int, t0: float, cohort: list[str], members: list[_Member],
+        outcomes: list[RoundOutcome], train_s: dict[str, float],
+    ) -> RoundReport:  # fmt: skip
+        """Charge the simulated clock for a finished round (`train_s`: the training time of
+        each member that means to send its masked input), save the simulator's state and
+        report the round; shared by synchronous and buffered rounds."""
+        cfg = self.cfg
         st = rounds.status(self.coord, rid)
-        silent_at = {"advertise"} if len(members) < len(sampled) else set()
+        silent_at = {"advertise"} if len(members) < len(cohort) else set()
         for m in members:
             if m.stop_after is not None:
                 silent_at.add(ALL_STAGES[ALL_STAGES.index(m.stop_after) + 1])
         timing = sim_clock.sync_round(
-            {m.sim.name: m.train_s for m in members
-             if m.stop_after is None or ALL_STAGES.index(m.stop_after) >= 2},
-            silent_at, cfg.speed, cfg.masked_deadline_s, cfg.stage_timeout_s,
-        )  # fmt: skip
+            train_s, silent_at, cfg.speed, cfg.masked_deadline_s, cfg.stage_timeout_s
+        )
         self.clock.advance(timing.seconds)
         self.round_index += 1
         self._save_state()
@@ -397,9 +409,9 @@ class Population:
             round_id=rid,
             status=st["status"],
             version=st["result_version"],
-            cohort=len(sampled),
+            cohort=len(cohort),
             joined=len(members),
-            declined=len(sampled) - len(members),
+            declined=len(cohort) - len(members),
             dropped=sum(m.stop_after is not None for m in members),
             late=len(timing.late),
             contributors=len(ok) if done else 0,

@@ -26,13 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator import rounds
 from keyboard import contribute, sim_clock
 from keyboard.device import Device
 from keyboard.population import (
-    _SILENT_AFTER,
-    ALL_STAGES,
-    STAGES,
     Population,
     RoundReport,
     _Member,
@@ -99,7 +95,7 @@ class BufferedSimulation:
 
     # -- one buffered round ---------------------------------------------------------------
     def run_round(self) -> RoundReport:
-        pop, cfg = self.pop, self.pop.cfg
+        pop = self.pop
         t0 = time.monotonic()
         self._fill()
         if not self.training:
@@ -130,44 +126,11 @@ class BufferedSimulation:
             cohort = pop._members(rid)
             for name in cohort:
                 job, dev, tr = waiting[name]
-                stop = None
-                for stage in STAGES:
-                    if pop.rng.random() < cfg.dropout.get(stage, 0.0):
-                        stop = _SILENT_AFTER[stage]
-                        break
-                members.append(_Member(pop.by_name[name], dev, tr, job.steps, job.train_s, stop))
+                members.append(
+                    _Member(pop.by_name[name], dev, tr, job.steps, job.train_s, pop._draw_stop())
+                )
             outcomes = pop._contribute(rid, members)
-        st = rounds.status(pop.coord, rid)
-        silent_at = set()
-        for m in members:
-            if m.stop_after is not None:
-                silent_at.add(ALL_STAGES[ALL_STAGES.index(m.stop_after) + 1])
-        timing = sim_clock.sync_round(
-            {m.sim.name: 0.0 for m in members}, silent_at, cfg.speed, cfg.masked_deadline_s,
-            cfg.stage_timeout_s,
-        )  # fmt: skip
-        pop.clock.advance(timing.seconds)
         for name in cohort:
             self.busy.discard(name)
-        pop.round_index += 1
-        pop._save_state()
-        ok = [o for o, m in zip(outcomes, members, strict=True) if m.stop_after is None]
-        done = st["status"] == "done"
-        return RoundReport(
-            round_id=rid,
-            status=st["status"],
-            version=st["result_version"],
-            cohort=len(cohort),
-            joined=len(members),
-            declined=0,
-            dropped=sum(m.stop_after is not None for m in members),
-            late=0,
-            contributors=len(ok) if done else 0,
-            train_steps=sum(m.steps for m in members),
-            upload_bytes=float(np.mean([o.bytes_up for o in ok])) if ok else 0.0,
-            masked_bytes=float(np.mean([o.masked_input_bytes for o in ok])) if ok else 0.0,
-            sim_seconds=timing.seconds,
-            sim_time=pop.clock.now(),
-            wall_seconds=time.monotonic() - t0,
-            reason=st["reason"],
-        )
+        # Members finished training before the round opened: no one is waited for.
+        return pop._finish_round(rid, t0, cohort, members, outcomes, dict.fromkeys(cohort, 0.0))
