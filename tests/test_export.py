@@ -63,38 +63,26 @@ def test_completion_only_suggests_words_with_the_prefix(setup):
     assert dm.suggest("zzzzq") == []  # no vocabulary word completes it
 
 
-def test_handwritten_adam_equals_optax(setup):
+@pytest.mark.parametrize(
+    ("adam", "lr", "reference"),
+    [
+        (1.0, 1e-2, optax.adam(1e-2, b1=export.ADAM_B1, b2=export.ADAM_B2, eps=export.ADAM_EPS)),
+        (0.0, 0.5, optax.sgd(0.5)),  # the `adam` switch off: plain SGD
+    ],
+)
+def test_handwritten_step_equals_optax(setup, adam, lr, reference):
     _, _, _, device, _ = setup
     grads = jax.tree.map(lambda v: jnp.sin(jnp.arange(v.size).reshape(v.shape) + 1.0), device)
-    opt = optax.adam(1e-2, b1=export.ADAM_B1, b2=export.ADAM_B2, eps=export.ADAM_EPS)
-    st = opt.init(device)
+    st = reference.init(device)
     mine = export.adam_init(device)
     p_opt, p_mine = dict(device), dict(device)
     mu = {k: mine[f"mu.{k}"] for k in device}
     nu = {k: mine[f"nu.{k}"] for k in device}
     count = mine["count"]
     for _ in range(3):
-        upd, st = opt.update(grads, st, p_opt)
+        upd, st = reference.update(grads, st, p_opt)
         p_opt = optax.apply_updates(p_opt, upd)
-        p_mine, mu, nu, count = export._step(p_mine, grads, mu, nu, count, 1e-2, 1.0)
-    for k in device:
-        np.testing.assert_allclose(np.asarray(p_mine[k]), np.asarray(p_opt[k]), atol=1e-6)
-
-
-def test_sgd_mode_equals_optax_sgd(setup):
-    _, _, _, device, _ = setup
-    grads = jax.tree.map(lambda v: jnp.cos(jnp.arange(v.size).reshape(v.shape) * 0.3), device)
-    opt = optax.sgd(0.5)
-    st = opt.init(device)
-    state = export.adam_init(device)
-    p_opt, p_mine = dict(device), dict(device)
-    mu = {k: state[f"mu.{k}"] for k in device}
-    nu = {k: state[f"nu.{k}"] for k in device}
-    count = state["count"]
-    for _ in range(3):
-        upd, st = opt.update(grads, st, p_opt)
-        p_opt = optax.apply_updates(p_opt, upd)
-        p_mine, mu, nu, count = export._step(p_mine, grads, mu, nu, count, 0.5, 0.0)
+        p_mine, mu, nu, count = export._step(p_mine, grads, mu, nu, count, lr, adam)
     for k in device:
         np.testing.assert_allclose(np.asarray(p_mine[k]), np.asarray(p_opt[k]), atol=1e-6)
 
