@@ -124,7 +124,7 @@ def start_round(
         stats["subset"] = {"seed": subsample.round_seed(label), "of": dim}
         dim = subsample.subset_size(dim, cfg.upload_fraction)
     # A public rotation seed from the label, when updates are rotated before quantising.
-    rotation = subsample.round_seed(f"{label}/rotation") if cfg.secagg.rotate else None
+    rotation = subsample.round_seed(label, "rotation") if cfg.secagg.rotate else None
     params = new_round(cfg.secagg, label, list(members), dim, rotation)
     row.params = params.to_json()
     row.members = {"devices": {str(k): v for k, v in members.items()}, "dropouts": {}}

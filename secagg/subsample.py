@@ -23,9 +23,10 @@ def subset_size(full_dim: int, fraction: float) -> int:
     return max(1, min(full_dim, math.ceil(full_dim * fraction)))
 
 
-def round_seed(label: str) -> int:
-    """A public 63-bit seed from the round's label (its id and start time)."""
-    return int.from_bytes(hashlib.sha256(f"{label}/subset".encode()).digest()[:8], "big") >> 1
+def round_seed(label: str, purpose: str = "subset") -> int:
+    """A public 63-bit seed for `purpose` from the round's label (its id and start time)."""
+    digest = hashlib.sha256(f"{label}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def indices(seed: int, full_dim: int, k: int) -> np.ndarray:
