@@ -275,7 +275,7 @@ def table(res: dict) -> str:
         f"{t['sync']}, buffered {t['buffered']}: speedup {'n/a' if sp is None else f'{sp:.1f}x'}"
         f"; updates aggregated per simulated hour: {res['straggler_updates_per_sim_hour']}",
         f"device training peak memory: device part {mem['device_part']:,} B, full model "
-        f"{mem['full_model']:,} B ({mem['reduction']:.0%} lower)",
+        f"{mem['full_model']:,} B ({1 - mem['reduction']:.0%} of the full model's)",
     ]
     return "\n".join(rows)
 

@@ -2,8 +2,9 @@
 
 The global model (the default device part, fine-tuned centrally by bench/device_part if that
 has run, else the pretrained base with a zero-update device part) is exported to LiteRT as
-float32 and as int8 (dynamic range, base baked in), both with `infer` and `train`. All
-figures come from the LiteRT runtime on one thread; times are medians over many calls.
+float32 and as int8 (base baked in: dynamic range for `infer`, weight-only for `train`), both
+with `infer` and `train`. All figures come from the LiteRT runtime on one thread; times are
+medians over many calls.
 Writes bench/results/litert.json.
 
     ./dev bench litert          # ~5 min
@@ -97,6 +98,8 @@ def main() -> None:
     batches = litert_eval.train_batches(held, spec.train_batch, spec.train_len, 20)
     chain = litert_eval.train_chain_parity(model(flat_f), cfg, params, batches, 1e-2)
     chain_q = litert_eval.train_chain_parity(model(flat_q), cfg, params, batches, 1e-2)
+    # federated rounds take SGD steps (rate 0.5), so check that path through int8 too
+    chain_q_sgd = litert_eval.train_chain_parity(model(flat_q), cfg, params, batches, 0.5, "sgd")
 
     windows = [(w[None, :],) for w in ctx[: args.calls]]
     t_inf_q = litert_eval.time_calls(model(flat_q).infer_window, windows, args.calls)
@@ -142,6 +145,7 @@ def main() -> None:
         "parity_train_chain_max_param_diff": chain["max_param_diff"],
         "parity_train_chain_losses": [chain["loss_litert"], chain["loss_jax"]],
         "int8_train_chain_max_param_diff": chain_q["max_param_diff"],
+        "int8_sgd_train_chain_max_param_diff": chain_q_sgd["max_param_diff"],
         "train_peak_mem_ratio": default_mem["ratio_vs_full"],
         "train_peak_mem": mem,
         "machine": {"platform": platform.platform(), "processor": platform.machine()},

@@ -90,9 +90,10 @@ def train_chain_parity(
     params: Params,
     batches: Sequence[tuple[np.ndarray, np.ndarray]],
     lr: float,
+    optimizer: str = "adam",
 ) -> dict:
-    """Chain `len(batches)` LiteRT `train` steps and the same JAX steps from the same start;
-    the largest parameter difference at the end, and both final losses."""
+    """Chain `len(batches)` LiteRT `train` steps ("adam" or "sgd") and the same JAX steps from
+    the same start; the largest parameter difference at the end, and both final losses."""
     base, device = partition.split(params, config)
     names = sorted(device)
     B, T = batches[0][0].shape
@@ -105,8 +106,9 @@ def train_chain_parity(
     n = len(names)
     loss_l = loss_j = float("nan")
     for tokens, targets in batches:
-        loss_l = model.train_step(tokens, targets, lr)
-        out = step(*dev, *mu, *nu, count, np.float32(lr), tokens, targets)
+        loss_l = model.train_step(tokens, targets, lr, optimizer)
+        adam = np.float32(optimizer == "adam")
+        out = step(*dev, *mu, *nu, count, np.float32(lr), adam, tokens, targets)
         dev, mu, nu = list(out[:n]), list(out[n : 2 * n]), list(out[2 * n : 3 * n])
         count, loss_j = out[3 * n], float(out[-1])
     diffs = [np.abs(model.device[k] - np.asarray(d)).max() for k, d in zip(names, dev, strict=True)]
