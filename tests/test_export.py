@@ -255,3 +255,16 @@ def test_every_device_part_variant_exports_and_trains_on_litert(part, tiny_model
     losses = [dm.train_step(tokens, targets, 3e-2) for _ in range(5)]
     assert losses[-1] < losses[0]
     assert not np.allclose(dm.top_k(["see", "you", "at", "the"])[1], before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_chain_parity_runs_both_optimizers(setup, optimizer):
+    """bench/litert's parity check: float LiteRT and JAX chains agree for either step."""
+    cfg, params, _, device, flat = setup
+    dm = DeviceModel(flat, build_vocabulary(cfg.vocab_size - 4), _np(device))
+    batches = dm.batches(["how are you doing today", "i am fine thanks"] * 20)[:5]
+    out = litert_eval.train_chain_parity(dm, cfg, params, batches, 0.1, optimizer)
+    assert out["max_param_diff"] < 1e-3
+    assert abs(out["loss_litert"] - out["loss_jax"]) < 1e-3
+    with pytest.raises(ValueError, match="optimizer"):
+        litert_eval.train_chain_parity(dm, cfg, params, batches, 0.1, "rmsprop")
