@@ -93,7 +93,8 @@ def train_chain_parity(
     optimizer: str = "adam",
 ) -> dict:
     """Chain `len(batches)` LiteRT `train` steps ("adam" or "sgd") and the same JAX steps from
-    the same start; the largest parameter difference at the end, and both final losses."""
+    the same start; the largest parameter difference at the end, both final losses, and how
+    the two whole updates compare (cosine, LiteRT norm / JAX norm)."""
     base, device = partition.split(params, config)
     names = sorted(device)
     B, T = batches[0][0].shape
@@ -113,7 +114,19 @@ def train_chain_parity(
         count, loss_j = out[3 * n], float(out[-1])
     diffs = [np.abs(model.device[k] - np.asarray(d)).max() for k, d in zip(names, dev, strict=True)]
     diff = float(max(diffs))
-    return {"max_param_diff": diff, "loss_litert": loss_l, "loss_jax": loss_j}
+    start = [np.asarray(device[k], np.float32) for k in names]
+    lite = np.concatenate(
+        [(model.device[k] - s).ravel() for k, s in zip(names, start, strict=True)]
+    )
+    exact = np.concatenate([(np.asarray(d) - s).ravel() for d, s in zip(dev, start, strict=True)])
+    norm_l, norm_j = float(np.linalg.norm(lite)), float(np.linalg.norm(exact))
+    return {
+        "max_param_diff": diff,
+        "loss_litert": loss_l,
+        "loss_jax": loss_j,
+        "update_cosine": float(lite @ exact) / max(norm_l * norm_j, 1e-30),
+        "update_norm_ratio": norm_l / max(norm_j, 1e-30),
+    }
 
 
 def time_calls(fn, args: Sequence, repeats: int) -> np.ndarray:
